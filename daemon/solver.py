@@ -1,0 +1,75 @@
+"""Runs target-weight solves off the event loop, with a timeout.
+
+A process pool by default: cvxpy and riskfolio-lib hold the GIL for long stretches, which in a
+thread would stall the loop (bars, fills, heartbeats). The single worker process keeps its
+imports and any warm solver state between solves. On timeout the worker is replaced, because a
+running solve cannot be interrupted any other way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, Literal
+
+from risk.allocation import SolveError
+
+
+def _warm() -> bool:
+    import riskfolio  # noqa: F401  (pay the import once, at start-up)
+
+    return True
+
+
+class SolverPool:
+    def __init__(self, kind: Literal["process", "thread"] = "process",
+                 timeout_s: float = 60.0) -> None:
+        self.kind = kind
+        self.timeout_s = timeout_s
+        self._executor: Executor | None = None
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            if self.kind == "process":
+                ctx = multiprocessing.get_context("spawn")
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+            else:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="solver")
+        return self._executor
+
+    async def warm_up(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool(), _warm)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool(), fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            self._discard()
+            raise SolveError(f"solve timed out after {self.timeout_s:g} s") from None
+        except SolveError:
+            raise
+        except Exception as exc:  # a crashed worker or a solver bug: still just a failed solve
+            if isinstance(exc, Exception) and "BrokenProcessPool" in type(exc).__name__:
+                self._discard()
+            raise SolveError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _discard(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if isinstance(executor, ProcessPoolExecutor):
+            for proc in list(getattr(executor, "_processes", {}).values()):
+                proc.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            if isinstance(executor, ProcessPoolExecutor):
+                for proc in list(getattr(executor, "_processes", {}).values()):
+                    proc.terminate()
+            executor.shutdown(wait=False, cancel_futures=True)

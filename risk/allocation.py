@@ -1,0 +1,247 @@
+"""Target weights from a window of bar returns.
+
+`solve` is a pure function of (returns, config): it runs in a worker process, so everything it
+takes and returns pickles. Failures raise `SolveError` with the reason; the rebalancer then keeps
+its last good targets. Too little history raises `InsufficientHistory` (a `SolveError`), on which
+the rebalancer applies `on_short_history` (`fallback_equal_weight` builds the equal-weight case).
+
+Pipeline: window -> estimators -> PSD check -> constraints -> method (parameterised cvxpy cache
+when the method allows, riskfolio-lib otherwise) -> constraint check -> volatility target ->
+turnover cap -> annualised statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from risk import constraints as cons
+from risk import methods, solver_cache, vol_target
+from risk.constraints import ConstraintsConfig
+from risk.errors import InsufficientHistory, SolveError
+from risk.estimators import Estimates, EstimatorConfig, estimate, is_psd, nearest_psd
+from risk.sizing import SizingConfig
+from risk.strategy_allocation import StrategyAllocationConfig
+from risk.vol_target import VolTargetConfig
+
+METHODS = methods.METHODS
+RISK_MEASURES = methods.RISK_MEASURES
+__all__ = ["METHODS", "RISK_MEASURES", "Allocation", "AllocationConfig", "InsufficientHistory",
+           "SolveError", "fallback_equal_weight", "periods_per_year", "solve", "summarise"]
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    method: str = field(default="min_variance", metadata={
+        "doc": "allocation method", "choices": METHODS})
+    risk_measure: str = field(default="MV", metadata={
+        "doc": "risk measure of min_risk, max_sharpe, max_utility, target_risk, risk parity and "
+               "HRP/HERC (riskfolio-lib codes; min_variance always uses MV)",
+        "choices": RISK_MEASURES})
+    lookback_bars: int = field(default=90, metadata={
+        "doc": "bars of returns the estimators see", "min": 10})
+    min_history_bars: int = field(default=30, metadata={
+        "doc": "fewer bars than this raises InsufficientHistory", "min": 2})
+    on_short_history: Literal["equal_weight", "hold"] = field(default="hold", metadata={
+        "doc": "rebalancer's decision on InsufficientHistory: equal_weight targets or hold the "
+               "current ones"})
+    min_weight: float = field(default=0.0, metadata={
+        "doc": "lowest weight of any asset", "min": 0.0, "max": 1.0})
+    max_weight: float = field(default=1.0, metadata={
+        "doc": "highest weight of any asset", "min": 0.0, "max": 1.0, "exclusive_min": True})
+    risk_free_rate: float = field(default=0.0, metadata={
+        "doc": "risk-free rate for max_sharpe and reported Sharpe", "unit": "per year"})
+    risk_aversion: float = field(default=2.0, metadata={
+        "doc": "lambda of max_utility: maximise mu'w - lambda * risk (risk = variance for MV)",
+        "min": 0.0, "exclusive_min": True})
+    target_return: float | None = field(default=None, metadata={
+        "doc": "annualised expected return of the target_return frontier point",
+        "unit": "per year"})
+    target_risk: float | None = field(default=None, metadata={
+        "doc": "risk of the target_risk frontier point: annualised for MV/MAD/MSV, per bar "
+               "(CVaR, EVaR, WR) or per window (drawdown measures) otherwise",
+        "min": 0.0, "exclusive_min": True})
+    cvar_alpha: float = field(default=0.05, metadata={
+        "doc": "tail probability of CVaR/EVaR/CDaR/EDaR", "min": 0.0, "max": 0.5,
+        "exclusive_min": True})
+    risk_budgets: dict[str, float] = field(default_factory=dict, metadata={
+        "doc": "risk_budgeting: relative risk budget per asset; unlisted assets get 1.0",
+        "min": 0.0, "exclusive_min": True})
+    hc_linkage: str = field(default="ward", metadata={
+        "doc": "hrp/herc hierarchical clustering linkage",
+        "choices": ("single", "complete", "average", "ward", "DBHT")})
+    hc_codependence: str = field(default="pearson", metadata={
+        "doc": "hrp/herc codependence for the distance matrix",
+        "choices": ("pearson", "spearman", "kendall", "abs_pearson", "custom_cov")})
+    use_solver_cache: bool = field(default=True, metadata={
+        "doc": "re-solve MV min-risk, MV Sharpe and CVaR min-risk on a kept, parameterised "
+               "problem instead of rebuilding it (same weights, much faster)"})
+    estimators: EstimatorConfig = field(default_factory=EstimatorConfig, metadata={
+        "doc": "expected return and covariance estimators"})
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig, metadata={
+        "doc": "bounds, groups, shorts, cash buffer, turnover"})
+    vol_target: VolTargetConfig = field(default_factory=VolTargetConfig, metadata={
+        "doc": "volatility targeting overlay"})
+    sizing: SizingConfig = field(default_factory=SizingConfig, metadata={
+        "doc": "per-trade sizing overlays (fixed fractional, Kelly)"})
+    strategies: StrategyAllocationConfig = field(default_factory=StrategyAllocationConfig,
+                                                 metadata={"doc": "strategy-stream allocation"})
+
+    def check(self) -> None:
+        from daemon.settings import ConfigError
+
+        if self.min_weight > self.max_weight:
+            raise ConfigError("allocation.min_weight", self.min_weight,
+                              f"must be <= max_weight ({self.max_weight})")
+        if self.min_history_bars > self.lookback_bars:
+            raise ConfigError("allocation.min_history_bars", self.min_history_bars,
+                              f"must be <= lookback_bars ({self.lookback_bars})")
+        if self.method == "target_return" and self.target_return is None:
+            raise ConfigError("allocation.target_return", None, "required by target_return")
+        if self.method == "target_risk" and self.target_risk is None:
+            raise ConfigError("allocation.target_risk", None, "required by target_risk")
+        if self.constraints.allow_short and self.method in (
+                "risk_parity", "risk_budgeting", "hrp", "herc", "inverse_volatility"):
+            raise ConfigError("allocation.constraints.allow_short", True,
+                              f"method {self.method} is long-only")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Solved weights (sum to 1 unless a cash buffer or leverage says otherwise) and the
+    annualised ex-ante statistics of that portfolio."""
+
+    weights: dict[str, float]
+    expected_return: float
+    volatility: float
+    sharpe: float
+    solve_seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+    span: tuple[str, str] | None = None  # first and last timestamp of the returns used
+    method: str = ""
+    leverage: float = 1.0  # volatility-target scaling applied (1.0 when off)
+    cash: float = 0.0  # 1 - sum(weights): buffer, vol-target and turnover leftovers
+    turnover: float | None = None  # sum |w - previous|, when previous weights were given
+
+
+def periods_per_year(interval_s: int) -> float:
+    """Crypto trades 24/7: a year is 365 days of bars."""
+    return 365.0 * 86_400.0 / interval_s
+
+
+def validate_returns(returns: pd.DataFrame, min_bars: int = 2) -> None:
+    if returns.shape[1] == 0:
+        raise SolveError("no assets")
+    if returns.shape[0] < max(min_bars, 2):
+        raise InsufficientHistory(needed=max(min_bars, 2), got=int(returns.shape[0]))
+    values = returns.to_numpy(dtype=float)
+    if not np.isfinite(values).all():
+        bad = returns.columns[~np.isfinite(values).all(axis=0)].tolist()
+        raise SolveError(f"non-finite returns in {bad}")
+
+
+def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
+          previous: dict[str, float] | None = None) -> Allocation:
+    started = time.perf_counter()
+    window = returns.iloc[-cfg.lookback_bars:]
+    validate_returns(window, cfg.min_history_bars)
+    ppy = periods_per_year(interval_s)
+    notes: list[str] = []
+    est = _estimates(window, cfg, notes)
+    lc = cons.build([str(c) for c in window.columns], cfg.constraints, cfg.min_weight,
+                    cfg.max_weight)
+    reason = cons.precheck(lc)
+    if reason:
+        raise SolveError(f"infeasible constraints: {reason}")
+
+    w = solver_cache.try_solve(window, est, cfg, lc, ppy) if cfg.use_solver_cache else None
+    if w is None:
+        w = methods.weights_for(window, est, cfg, lc, ppy)
+    else:
+        notes.append("solver_cache")
+    w = _snap(w, lc)
+    broken = cons.violations(w, lc, tol=1e-7)
+    if broken:
+        raise SolveError(f"{cfg.method} cannot satisfy the constraints: {'; '.join(broken)}")
+
+    lev = 1.0
+    if cfg.vol_target.enabled:
+        w, lev, realised = vol_target.apply(w, window.to_numpy(dtype=float), ppy, cfg.vol_target)
+        notes.append(f"vol_target: realised {realised:.4f}, leverage {lev:.4f}")
+    weights = {a: float(x) for a, x in zip(lc.assets, w, strict=True)}
+    moved = None
+    if previous is not None:
+        cap = cfg.constraints.max_turnover
+        if cap is not None:
+            weights, frac = cons.limit_turnover(weights, previous, cap)
+            if frac < 1.0:
+                notes.append(f"turnover cap: moved {frac:.4f} of the way to the target")
+        moved = cons.turnover(weights, previous)
+    span = (str(window.index[0]), str(window.index[-1]))
+    stats_w = np.array([weights.get(a, 0.0) for a in lc.assets])
+    alloc = summarise(weights, est.mu, est.cov, interval_s, time.perf_counter() - started,
+                      tuple(notes), rf=cfg.risk_free_rate, stats_weights=stats_w)
+    return _with(alloc, span=span, method=cfg.method, leverage=lev,
+                 cash=1.0 - sum(weights.values()), turnover=moved)
+
+
+def _estimates(window: pd.DataFrame, cfg: AllocationConfig, notes: list[str]) -> Estimates:
+    est = estimate(window, cfg.estimators)
+    if not np.isfinite(est.cov).all() or not np.isfinite(est.mu).all():
+        raise SolveError("estimators produced non-finite mean or covariance")
+    if not is_psd(est.cov):
+        low = float(np.linalg.eigvalsh(est.cov)[0])
+        if not cfg.estimators.repair_covariance:
+            raise SolveError(f"covariance not PSD (min eigenvalue {low:.3g}); "
+                             "set estimators.repair_covariance to clip it")
+        notes.append(f"covariance repaired (min eigenvalue {low:.3g})")
+        est = Estimates(mu=est.mu, cov=nearest_psd(est.cov), repaired=True)
+    return est
+
+
+def _snap(w: np.ndarray, lc: cons.LinearConstraints) -> np.ndarray:
+    """Interior-point solutions sit a hair outside their bounds (~1e-10): clip to the box and
+    put the rounding residue on the assets with room, so bounds hold exactly."""
+    w = np.clip(w, lc.lo, lc.hi)
+    resid = lc.budget - w.sum()
+    if abs(resid) > 1e-7:  # a real miss, not rounding: let the check report it
+        return w
+    room = (lc.hi - w) if resid > 0 else (w - lc.lo)
+    if room.sum() > 0:
+        w = w + resid * room / room.sum()
+    return w
+
+
+def _with(alloc: Allocation, **changes: object) -> Allocation:
+    from dataclasses import replace
+
+    return replace(alloc, **changes)  # type: ignore[arg-type]
+
+
+def fallback_equal_weight(assets: list[str], cfg: AllocationConfig,
+                          span: tuple[str, str] | None = None) -> Allocation:
+    """Equal weights over `assets`, after the cash buffer: the on_short_history decision."""
+    budget = 1.0 - cfg.constraints.cash_buffer
+    w = {a: budget / len(assets) for a in assets}
+    return Allocation(weights=w, expected_return=math.nan, volatility=math.nan, sharpe=math.nan,
+                      notes=("on_short_history: equal_weight",), span=span,
+                      method="equal_weight", cash=1.0 - budget)
+
+
+def summarise(weights: dict[str, float], mu: np.ndarray, cov: np.ndarray, interval_s: int,
+              seconds: float, notes: tuple[str, ...] = (), rf: float = 0.0,
+              stats_weights: np.ndarray | None = None) -> Allocation:
+    """Annualised expected return, volatility and Sharpe of `weights` (or of `stats_weights`
+    when the weights also name assets outside mu/cov, e.g. ones a turnover cap phases out)."""
+    n = periods_per_year(interval_s)
+    w = np.array(list(weights.values())) if stats_weights is None else stats_weights
+    ret = float(w @ mu) * n
+    vol = math.sqrt(max(float(w @ cov @ w), 0.0) * n)
+    return Allocation(weights=weights, expected_return=ret, volatility=vol,
+                      sharpe=(ret - rf) / vol if vol > 0 else 0.0, solve_seconds=seconds,
+                      notes=notes)

@@ -1,0 +1,102 @@
+"""A market's trading filters and the exact rounding every order goes through.
+
+Mirrors ccxt's unified market structure: `precision.amount` / `precision.price` (as step sizes,
+ccxt's TICK_SIZE mode) and `limits.amount` / `limits.cost`. Rounding uses Decimal so a quantity
+sent to a venue is an exact multiple of the lot step, never 0.30000000000000004 lots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MarketRules:
+    symbol: str
+    base: str
+    quote: str
+    amount_step: float
+    price_tick: float
+    min_qty: float = 0.0
+    max_qty: float = math.inf
+    min_notional: float = 0.0
+    max_notional: float = math.inf
+
+    def floor_qty(self, qty: float) -> float:
+        """Largest multiple of the lot step not above `qty` (we never round a size up)."""
+        return _quantise(qty, self.amount_step, ROUND_DOWN)
+
+    def round_price(self, price: float) -> float:
+        return _quantise(price, self.price_tick, ROUND_HALF_EVEN)
+
+    def is_on_step(self, qty: float) -> bool:
+        return self.floor_qty(qty) == _quantise(qty, self.amount_step, ROUND_HALF_EVEN) and abs(
+            qty - self.floor_qty(qty)) <= self.amount_step * 1e-9
+
+    def is_on_tick(self, price: float) -> bool:
+        return abs(price - self.round_price(price)) <= self.price_tick * 1e-9
+
+    def violation(self, qty: float, price: float) -> tuple[str, dict[str, Any]] | None:
+        """The first exchange filter (qty, price) breaks, as (reason code, context), or None."""
+        if not self.is_on_step(qty):
+            return "FILTER_LOT_STEP", {"quantity": qty, "step": self.amount_step}
+        if qty < self.min_qty:
+            return "FILTER_MIN_QTY", {"quantity": qty, "min_qty": self.min_qty}
+        if qty > self.max_qty:
+            return "FILTER_MAX_QTY", {"quantity": qty, "max_qty": self.max_qty}
+        notional = qty * price
+        if notional < self.min_notional:
+            return "FILTER_MIN_NOTIONAL", {"notional": round(notional, 8),
+                                           "min_notional": self.min_notional}
+        if notional > self.max_notional:
+            return "FILTER_MAX_NOTIONAL", {"notional": round(notional, 8),
+                                           "max_notional": self.max_notional}
+        return None
+
+    @classmethod
+    def from_ccxt(cls, market: dict[str, Any]) -> MarketRules:
+        """From a ccxt unified market (precision in TICK_SIZE mode, as ccxt reports Binance)."""
+        precision = market.get("precision") or {}
+        limits = market.get("limits") or {}
+
+        def step(v: Any) -> float:
+            if v is None:
+                raise ValueError(f"market {market.get('symbol')}: precision missing")
+            v = float(v)
+            # DECIMAL_PLACES mode gives an integer count of digits instead of a step
+            return 10.0 ** -v if v >= 1 and v == int(v) else v
+
+        def lim(group: str, side: str, default: float) -> float:
+            v = (limits.get(group) or {}).get(side)
+            return default if v is None else float(v)
+
+        return cls(
+            symbol=market["symbol"], base=market["base"], quote=market["quote"],
+            amount_step=step(precision.get("amount")), price_tick=step(precision.get("price")),
+            min_qty=lim("amount", "min", 0.0), max_qty=lim("amount", "max", math.inf),
+            min_notional=lim("cost", "min", 0.0), max_notional=lim("cost", "max", math.inf),
+        )
+
+    @classmethod
+    def synthetic(cls, symbol: str, price: float, min_notional: float = 10.0) -> MarketRules:
+        """Exchange-like filters for a simulated market: a lot step worth at most one unit of
+        quote and 6 significant digits of price, as Binance lists its USDT pairs."""
+        base, _, quote = symbol.partition("/")
+        amount_step = 10.0 ** math.floor(math.log10(1.0 / price)) if price > 0 else 1e-8
+        amount_step = min(max(amount_step, 1e-8), 1.0)
+        price_tick = 10.0 ** (math.floor(math.log10(price)) - 5) if price > 0 else 1e-8
+        price_tick = max(price_tick, 1e-8)
+        return cls(symbol=symbol, base=base, quote=quote or "USDT", amount_step=amount_step,
+                   price_tick=price_tick, min_qty=amount_step, max_qty=9_000_000.0,
+                   min_notional=min_notional)
+
+
+def _quantise(value: float, step: float, rounding: str) -> float:
+    if not math.isfinite(value) or step <= 0:
+        return value
+    d_step = Decimal(repr(step))
+    units = (Decimal(repr(value)) / d_step).quantize(Decimal(1), rounding=rounding)
+    return float(units * d_step)
