@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -41,6 +41,17 @@ from daemon.risk_gate import RiskGate
 from daemon.solver import SolverPool
 
 log = structlog.get_logger("daemon")
+
+
+class Service(Protocol):
+    """A long-lived part started after the core is wired (control socket, HTTP, reconciler).
+    Started in registration order once the bus runs; stopped in reverse order."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -120,6 +131,7 @@ class Daemon:
             self.solver, fee_rate=cfg.venue.paper.fee_bps / 10_000.0, **extra)
         self.timestamps = 0
         self.start_nav: float | None = None
+        self.services: list[Service] = []
         self._wire()
 
     def _wire(self) -> None:
@@ -143,6 +155,8 @@ class Daemon:
         if self.cfg.rebalance.solver == "process":
             await self.solver.warm_up()
         await self.bus.start()
+        for service in self.services:
+            await service.start()
         log.info("started", mode=self.cfg.daemon.mode, symbols=self.symbols,
                  source=self.cfg.market.source, state_dir=str(self.cfg.state_path),
                  cash=self.portfolio.cash)
@@ -191,6 +205,11 @@ class Daemon:
         return self.summary()
 
     async def _shutdown(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception as exc:  # one failing service must not block the flush below
+                log.error("service_stop_failed", service=service.name, error=str(exc))
         await self.bus.stop()
         self.solver.close()
         await self.feed.close()
