@@ -5,13 +5,37 @@ bus), as a real exchange would: an order the daemon sends after seeing bar t fil
 open, never at a price it already knew. Market orders fill at that open plus `slippage_bps`
 against the taker; limit orders fill when a bar trades through them. Fees are charged in the
 quote currency. Orders the account cannot afford are rejected, as an exchange would.
+
+Its books (balances, orders, trades, market filters, the last bar it saw, and a log of every
+order request it received) live in a SQLite file when given a path, so the offline mode survives
+a restart the way an exchange account does. Every operation commits in one transaction before
+anything is reported: a daemon killed after the venue committed but before it heard the answer
+is exactly the "response lost" case reconciliation must handle. Memory is a cache of the file;
+if a commit fails the cache is reloaded from it.
+
+Durability: WAL with `synchronous=NORMAL`. That survives a killed daemon (the case this file
+exists for); a power cut may lose the last commits of this simulated exchange, which the next
+start-up reconciliation then reports as a mismatch with the journal (kept at FULL) rather than
+hiding it. NORMAL keeps the per-bar commit cheap.
+
+`latency_ms` simulates the network: an order request reaches the venue, and its answer and the
+pushed trade and order reports reach the daemon, that long after they leave. Queries (balances,
+open orders, trades, an order by id) answer at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
 
 from adapters.venue import (
     OrderListener,
@@ -23,13 +47,15 @@ from adapters.venue import (
     VenueTrade,
 )
 from daemon.events import Bar, OrderType, Side, utcnow
+from daemon.settings import ConfigError
 from risk.market_rules import MarketRules
 
 
 @dataclass(frozen=True)
 class PaperVenueConfig:
     initial_cash: float = field(default=100_000.0, metadata={
-        "doc": "starting balance of the paper account, quote currency",
+        "doc": "starting balance of a new paper account, quote currency (an account already "
+               "in the state directory keeps its own balances)",
         "min": 0.0, "exclusive_min": True})
     fee_bps: float = field(default=10.0, metadata={
         "doc": "fee charged on each fill's notional, basis points", "min": 0.0, "max": 1000.0})
@@ -39,6 +65,32 @@ class PaperVenueConfig:
     min_notional: float = field(default=10.0, metadata={
         "doc": "smallest order notional the venue accepts (Binance's NOTIONAL filter)",
         "min": 0.0})
+    latency_ms: float = field(default=0.0, metadata={
+        "doc": "simulated one-way network latency of order requests, their answers and pushed "
+               "reports; 0 = answers at once", "unit": "ms", "min": 0.0, "max": 10_000.0})
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS account (key TEXT PRIMARY KEY, amount REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS markets (symbol TEXT PRIMARY KEY, rules TEXT NOT NULL,
+                                    last_close REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    client_order_id TEXT PRIMARY KEY, venue_order_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
+    side TEXT NOT NULL, order_type TEXT NOT NULL, quantity REAL NOT NULL, filled REAL NOT NULL,
+    average_price REAL, status TEXT NOT NULL, ts TEXT NOT NULL, limit_price REAL,
+    reserved_cash REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS trades (
+    seq INTEGER PRIMARY KEY, trade_id TEXT NOT NULL UNIQUE, client_order_id TEXT NOT NULL,
+    venue_order_id TEXT NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL,
+    quantity REAL NOT NULL, price REAL NOT NULL, fee REAL NOT NULL, ts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS submissions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, client_order_id TEXT NOT NULL, symbol TEXT NOT NULL,
+    side TEXT NOT NULL, order_type TEXT NOT NULL, quantity REAL NOT NULL, limit_price REAL,
+    outcome TEXT NOT NULL, at TEXT NOT NULL);
+"""
+
+CASH = "cash"  # the account table's key for free quote cash; other keys are symbols
 
 
 @dataclass
@@ -47,29 +99,174 @@ class _Order:
     reserved_cash: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One order request as the venue received it, duplicates and rejections included."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: float
+    limit_price: float | None
+    outcome: str  # "accepted", "duplicate", or "rejected: <reason>"
+
+
+Report = VenueTrade | VenueOrder
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 class PaperVenue:
     name = "paper"
 
-    def __init__(self, cfg: PaperVenueConfig, symbols: list[str], quote: str) -> None:
+    def __init__(self, cfg: PaperVenueConfig, symbols: list[str], quote: str,
+                 state_path: Path | None = None) -> None:
+        """`state_path`: the SQLite file holding the account; None keeps it in memory."""
         self.cfg = cfg
         self.quote = quote
         self.symbols = list(symbols)
+        self.state_path = state_path
         self.cash = cfg.initial_cash
         self.positions: dict[str, float] = {s: 0.0 for s in symbols}
+        self.last_bar_ts: datetime | None = None
+        self.stale_bars = 0  # bars at or before last_bar_ts that were offered again: ignored
         self._rules: dict[str, MarketRules] = {}
         self._last: dict[str, float] = {}
         self._orders: dict[str, _Order] = {}
+        self._resting_list: dict[str, _Order] = {}  # _resting()'s shortlist, see there
+        self._indexed: tuple[int, int] = (0, 0)  # (id of the dict, orders taken in)
         self._trades: list[VenueTrade] = []
         self._trade_listeners: list[TradeListener] = []
         self._order_listeners: list[OrderListener] = []
+        self._in_flight: deque[list[Report]] = deque()
         self._seq = 0
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(state_path or ":memory:", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._open()
+
+    # -- persistence ----------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._load()  # the file is the truth: drop whatever the failed operation changed
+            raise
+        self._db.execute("COMMIT")
+
+    def _open(self) -> None:
+        stored = self._meta("symbols")
+        if stored is None:
+            with self._tx() as db:
+                db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                    ("symbols", json.dumps(self.symbols)), ("quote", self.quote),
+                    ("seq", "0"), ("created_at", _ts(utcnow()))])
+                self._write_account(db)
+            return
+        if sorted(json.loads(stored)) != sorted(self.symbols) or self._meta("quote") != self.quote:
+            raise ConfigError("market.symbols", self.symbols,
+                              f"the paper account in {self.state_path} trades "
+                              f"{json.loads(stored)} in {self._meta('quote')}: restore those "
+                              f"settings or move the state directory away")
+        self._load()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _load(self) -> None:
+        db = self._db
+        self._seq = int(self._meta("seq") or 0)
+        last = self._meta("last_bar_ts")
+        self.last_bar_ts = datetime.fromisoformat(last) if last else None
+        account = dict(db.execute("SELECT key, amount FROM account").fetchall())
+        self.cash = account.pop(CASH, self.cfg.initial_cash)
+        self.positions = {s: account.get(s, 0.0) for s in self.symbols}
+        self._rules, self._last = {}, {}
+        for symbol, rules, last_close in db.execute("SELECT * FROM markets"):
+            self._rules[symbol] = MarketRules(**json.loads(rules))
+            self._last[symbol] = last_close
+        self._orders = {}
+        for r in db.execute("SELECT * FROM orders ORDER BY CAST(substr(venue_order_id, 2)"
+                             " AS INTEGER)"):
+            view = VenueOrder(client_order_id=r[0], venue_order_id=r[1], symbol=r[2],
+                              side=Side(r[3]), order_type=OrderType(r[4]), quantity=r[5],
+                              filled=r[6], average_price=r[7], status=r[8],
+                              ts=datetime.fromisoformat(r[9]), limit_price=r[10])
+            self._orders[view.client_order_id] = _Order(view=view, reserved_cash=r[11])
+        self._trades = [
+            VenueTrade(trade_id=r[1], client_order_id=r[2], venue_order_id=r[3], symbol=r[4],
+                       side=Side(r[5]), quantity=r[6], price=r[7], fee=r[8],
+                       ts=datetime.fromisoformat(r[9]))
+            for r in db.execute("SELECT * FROM trades ORDER BY seq")]
+
+    def _resting(self) -> list[_Order]:
+        """Open orders, oldest first. An order that left "open" never returns to it, so a
+        shortlist replaces a walk over every order ever accepted (per bar, in a long replay:
+        tens of thousands). Orders are only added to `_orders` under new ids, or the dict is
+        rebuilt (`_load`); new ones are taken in by position."""
+        orders, live = self._orders, self._resting_list
+        ident, taken = self._indexed
+        if ident != id(orders) or len(orders) < taken:
+            live.clear()
+            taken = 0
+        if len(orders) != taken:
+            live.update(islice(orders.items(), taken, None))
+        self._indexed = (id(orders), len(orders))
+        for cid in [cid for cid, o in live.items() if o.view.status != "open"]:
+            del live[cid]
+        return list(live.values())
+
+    def _write_account(self, db: sqlite3.Connection) -> None:
+        rows = [(CASH, self.cash), *self.positions.items()]
+        db.executemany("INSERT INTO account (key, amount) VALUES (?, ?) ON CONFLICT(key)"
+                       " DO UPDATE SET amount = excluded.amount", rows)
+        db.execute("INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key)"
+                   " DO UPDATE SET value = excluded.value", (str(self._seq),))
+
+    def _write_orders(self, db: sqlite3.Connection, orders: Iterable[_Order]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(v.client_order_id, v.venue_order_id, v.symbol, v.side.value, v.order_type.value,
+              v.quantity, v.filled, v.average_price, v.status, _ts(v.ts), v.limit_price,
+              o.reserved_cash) for o in orders for v in (o.view,)])
+
+    def _write_submission(self, db: sqlite3.Connection, order: OrderRequest,
+                          outcome: str) -> None:
+        db.execute("INSERT INTO submissions (client_order_id, symbol, side, order_type,"
+                   " quantity, limit_price, outcome, at) VALUES (?,?,?,?,?,?,?,?)",
+                   (order.client_order_id, order.symbol, order.side.value,
+                    order.order_type.value, order.quantity, order.limit_price, outcome,
+                    _ts(utcnow())))
+
+    def submissions(self) -> list[Submission]:
+        """Every order request received, oldest first (the venue's audit log)."""
+        return [Submission(r[0], r[1], Side(r[2]), OrderType(r[3]), r[4], r[5], r[6])
+                for r in self._db.execute(
+                    "SELECT client_order_id, symbol, side, order_type, quantity, limit_price,"
+                    " outcome FROM submissions ORDER BY id")]
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        return None
+        # reports still "on the wire" arrive before the connection closes, so a clean stop
+        # leaves nothing for the next start-up to find by query (their timers then find an
+        # empty queue)
+        while self._in_flight:
+            self._deliver(self._in_flight.popleft())
+        self._db.close()
 
     def markets(self) -> dict[str, MarketRules]:
         return dict(self._rules)
@@ -80,18 +277,89 @@ class PaperVenue:
     def on_order(self, listener: OrderListener) -> None:
         self._order_listeners.append(listener)
 
+    # -- reporting ------------------------------------------------------------------------
+    def _report(self, reports: list[Report]) -> None:
+        if not reports:
+            return
+        delay = self.cfg.latency_ms / 1000.0
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if delay <= 0 or loop is None:
+            self._deliver(reports)
+            return
+        # one FIFO for every batch, so reports arrive in the order the venue made them
+        self._in_flight.append(reports)
+        loop.call_later(delay, self._deliver_next)
+
+    def _deliver_next(self) -> None:
+        if self._in_flight:
+            self._deliver(self._in_flight.popleft())
+
+    def _deliver(self, reports: list[Report]) -> None:
+        for report in reports:
+            if isinstance(report, VenueTrade):
+                for listener in self._trade_listeners:
+                    listener(report)
+            else:
+                for olistener in self._order_listeners:
+                    olistener(report)
+
+    async def _wire(self) -> None:
+        if self.cfg.latency_ms > 0:
+            await asyncio.sleep(self.cfg.latency_ms / 1000.0)
+
     # -- market data (called by the feed pump before the daemon sees the bars) -------------
     def on_bars(self, bars: list[Bar]) -> None:
+        """Match resting orders against one timestamp's bars. A timestamp at or before the
+        last one seen is ignored: an exchange's market never runs backwards."""
+        if not bars:
+            return
+        ts = max(b.ts for b in bars)
+        if self.last_bar_ts is not None and ts <= self.last_bar_ts:
+            self.stale_bars += len(bars)
+            return
+        changed: dict[str, _Order] = {}
+        resting = self._resting()
+        reports: list[Report] = []
+        new_trades: list[VenueTrade] = []
+        new_markets: list[str] = []
         for bar in bars:
             if bar.symbol not in self._rules:
                 self._rules[bar.symbol] = MarketRules.synthetic(
                     bar.symbol, bar.open, min_notional=self.cfg.min_notional)
-            for order in [o for o in self._orders.values()
+                new_markets.append(bar.symbol)
+            for order in [o for o in resting
                           if o.view.status == "open" and o.view.symbol == bar.symbol]:
-                self._match(order, bar)
+                trade = self._match(order, bar)
+                if order.view.status != "open" or trade is not None:
+                    changed[order.view.client_order_id] = order
+                if trade is not None:
+                    new_trades.append(trade)
+                    reports.append(trade)
+                if order.view.status != "open":
+                    reports.append(order.view)
             self._last[bar.symbol] = bar.close
+        self.last_bar_ts = ts
+        with self._tx() as db:
+            if changed:
+                self._write_orders(db, changed.values())
+                self._write_account(db)
+            db.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           [(int(t.trade_id.rsplit("-", 1)[1]), t.trade_id, t.client_order_id,
+                             t.venue_order_id, t.symbol, t.side.value, t.quantity, t.price,
+                             t.fee, _ts(t.ts)) for t in new_trades])
+            db.executemany("INSERT INTO markets VALUES (?,?,?)",
+                           [(s, json.dumps(asdict(self._rules[s])), self._last[s])
+                            for s in new_markets])
+            db.executemany("UPDATE markets SET last_close = ? WHERE symbol = ?",
+                           [(b.close, b.symbol) for b in bars])
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_bar_ts', ?)",
+                       (_ts(ts),))
+        self._report(reports)
 
-    def _match(self, order: _Order, bar: Bar) -> None:
+    def _match(self, order: _Order, bar: Bar) -> VenueTrade | None:
         v = order.view
         slip = self.cfg.slippage_bps / 10_000.0
         if v.order_type is OrderType.MARKET:
@@ -101,7 +369,7 @@ class PaperVenue:
         elif v.side is Side.SELL and v.limit_price is not None and bar.high >= v.limit_price:
             price = max(bar.open, v.limit_price)
         else:
-            return
+            return None
         rules = self._rules[v.symbol]
         price = rules.round_price(price)
         qty = v.quantity - v.filled
@@ -114,8 +382,8 @@ class PaperVenue:
         else:
             qty = min(qty, self.positions.get(v.symbol, 0.0))
         if qty <= 0:
-            self._finish(order, "canceled", bar.ts)
-            return
+            order.view = replace(v, status="canceled", ts=bar.ts)
+            return None
         fee = qty * price * fee_rate
         signed = qty if v.side is Side.BUY else -qty
         self.positions[v.symbol] = self.positions.get(v.symbol, 0.0) + signed
@@ -130,23 +398,46 @@ class PaperVenue:
         done = math.isclose(filled, v.quantity, rel_tol=1e-12) or filled >= v.quantity
         order.view = replace(v, filled=filled, average_price=avg,
                              status="closed" if done else "canceled", ts=bar.ts)
-        for listener in self._trade_listeners:
-            listener(trade)
-        for olistener in self._order_listeners:
-            olistener(order.view)
-
-    def _finish(self, order: _Order, status: str, ts: datetime) -> None:
-        self.cash += order.reserved_cash
-        order.reserved_cash = 0.0
-        order.view = replace(order.view, status=status, ts=ts)
-        for listener in self._order_listeners:
-            listener(order.view)
+        return trade
 
     # -- trading --------------------------------------------------------------------------
     async def submit(self, order: OrderRequest) -> VenueOrder:
+        await self._wire()
+        view = self._accept(order)
+        await self._wire()
+        return view
+
+    def _accept(self, order: OrderRequest) -> VenueOrder:
         existing = self._orders.get(order.client_order_id)
         if existing is not None:
-            return existing.view  # idempotent on client order id, like Binance's dup check
+            # idempotent on client order id, like Binance's duplicate check; logged, so a
+            # blind resend is visible in the venue's audit log
+            with self._tx() as db:
+                self._write_submission(db, order, "duplicate")
+            return existing.view
+        try:
+            reserve = self._check(order)
+        except PermanentVenueError as exc:
+            with self._tx() as db:
+                self._write_submission(db, order, f"rejected: {exc}")
+            raise
+        self.cash -= reserve
+        self._seq += 1
+        view = VenueOrder(client_order_id=order.client_order_id, venue_order_id=f"P{self._seq}",
+                          symbol=order.symbol, side=order.side, order_type=order.order_type,
+                          quantity=order.quantity, filled=0.0, average_price=None,
+                          status="open", ts=self.last_bar_ts or utcnow(),
+                          limit_price=order.limit_price)
+        placed = _Order(view=view, reserved_cash=reserve)
+        self._orders[order.client_order_id] = placed
+        with self._tx() as db:
+            self._write_orders(db, [placed])
+            self._write_submission(db, order, "accepted")
+            self._write_account(db)
+        return view
+
+    def _check(self, order: OrderRequest) -> float:
+        """The quote cash to hold for the order; PermanentVenueError saying why it is refused."""
         rules = self._rules.get(order.symbol)
         if rules is None or order.symbol not in self._last:
             raise PermanentVenueError(f"unknown symbol or no market yet: {order.symbol}")
@@ -158,7 +449,6 @@ class PaperVenue:
         if broken is not None:
             code, ctx = broken
             raise PermanentVenueError(f"{code} " + " ".join(f"{k}={v}" for k, v in ctx.items()))
-        reserve = 0.0
         if order.side is Side.BUY:
             # hold the order's value and fee at today's price, as an exchange holds the quote
             # for a buy; the fill pays the real amount and is cut to what the cash covers
@@ -166,30 +456,32 @@ class PaperVenue:
             if reserve > self.cash + 1e-9:
                 raise PermanentVenueError(
                     f"insufficient funds: need={reserve:.2f} {self.quote} free={self.cash:.2f}")
-            self.cash -= reserve
-        else:
-            free = self.positions.get(order.symbol, 0.0) - sum(
-                o.view.quantity - o.view.filled for o in self._orders.values()
-                if o.view.status == "open" and o.view.symbol == order.symbol
-                and o.view.side is Side.SELL)
-            if order.quantity > free + rules.amount_step * 1e-6:
-                raise PermanentVenueError(
-                    f"insufficient balance: sell={order.quantity} free={free} {order.symbol}")
-        self._seq += 1
-        view = VenueOrder(client_order_id=order.client_order_id, venue_order_id=f"P{self._seq}",
-                          symbol=order.symbol, side=order.side, order_type=order.order_type,
-                          quantity=order.quantity, filled=0.0, average_price=None,
-                          status="open", ts=utcnow(), limit_price=order.limit_price)
-        self._orders[order.client_order_id] = _Order(view=view, reserved_cash=reserve)
-        return view
+            return reserve
+        free = self.positions.get(order.symbol, 0.0) - sum(
+            o.view.quantity - o.view.filled for o in self._resting()
+            if o.view.status == "open" and o.view.symbol == order.symbol
+            and o.view.side is Side.SELL)
+        if order.quantity > free + rules.amount_step * 1e-6:
+            raise PermanentVenueError(
+                f"insufficient balance: sell={order.quantity} free={free} {order.symbol}")
+        return 0.0
 
     async def cancel(self, client_order_id: str, symbol: str) -> VenueOrder:
+        await self._wire()
         order = self._orders.get(client_order_id)
         if order is None:
             raise OrderNotFound(f"unknown order {client_order_id}")
         if order.view.status == "open":
-            self._finish(order, "canceled", utcnow())
-        return order.view
+            self.cash += order.reserved_cash
+            order.reserved_cash = 0.0
+            order.view = replace(order.view, status="canceled", ts=self.last_bar_ts or utcnow())
+            with self._tx() as db:
+                self._write_orders(db, [order])
+                self._write_account(db)
+            self._report([order.view])
+        view = order.view
+        await self._wire()
+        return view
 
     async def fetch_order(self, client_order_id: str, symbol: str) -> VenueOrder:
         order = self._orders.get(client_order_id)
@@ -199,6 +491,10 @@ class PaperVenue:
 
     async def open_orders(self) -> list[VenueOrder]:
         return [o.view for o in self._orders.values() if o.view.status == "open"]
+
+    def orders(self) -> list[VenueOrder]:
+        """Every order the venue accepted, in any status, oldest first."""
+        return [o.view for o in self._orders.values()]
 
     async def balances(self) -> dict[str, float]:
         reserved = sum(o.reserved_cash for o in self._orders.values())

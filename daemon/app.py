@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
@@ -31,12 +32,15 @@ from daemon.events import (
     Fill,
     OrderApproved,
     OrderIntent,
+    OrderRejected,
     RiskRejected,
 )
 from daemon.journal import Journal
 from daemon.oms import OMS
 from daemon.portfolio import Portfolio
 from daemon.rebalancer import Rebalancer
+from daemon.reconcile import Reconciler
+from daemon.resume import resume_feed
 from daemon.risk_gate import RiskGate
 from daemon.solver import SolverPool
 
@@ -102,6 +106,13 @@ class RunSummary:
 
 def build_feed(cfg: Config) -> BarFeed:
     market = cfg.market
+    if cfg.daemon.mode == "testnet":
+        from adapters.binance_ws import BinanceKlineFeed
+
+        warmup = cfg.exchange.stream.warmup_bars
+        return BinanceKlineFeed(cfg.exchange, list(market.symbols), market.interval,
+                                market.interval_s, warmup_bars=cfg.allocation.lookback_bars + 1
+                                if warmup is None else warmup)
     if market.source == "replay":
         assert market.replay is not None  # MarketConfig.check demands it
         return ReplayFeed(replace(market.replay, symbols=list(market.symbols),
@@ -110,19 +121,32 @@ def build_feed(cfg: Config) -> BarFeed:
                                    interval_s=market.interval_s))
 
 
+def build_venue(cfg: Config) -> Venue:
+    if cfg.daemon.mode == "testnet":
+        from adapters.ccxt_venue import CcxtVenue
+
+        return CcxtVenue(cfg.exchange, list(cfg.market.symbols), cfg.market.quote)
+    return PaperVenue(cfg.venue.paper, list(cfg.market.symbols), cfg.market.quote,
+                      state_path=cfg.state_path / "paper_venue.sqlite")
+
+
 class Daemon:
     def __init__(self, cfg: Config, *, feed: BarFeed | None = None, venue: Venue | None = None,
-                 solve_fn: Callable[..., Any] | None = None) -> None:
+                 solve_fn: Callable[..., Any] | None = None,
+                 journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.feed = feed or build_feed(cfg)
         self.symbols = list(cfg.market.symbols)
-        self.venue: Venue = venue or PaperVenue(cfg.venue.paper, self.symbols, cfg.market.quote)
+        self.venue: Venue = venue or build_venue(cfg)
         self.bus = EventBus()
-        self.journal = Journal(cfg.state_path / "journal.sqlite")
+        # a replay passes its own (disposable state: no fsync per commit)
+        self.journal = journal or Journal(cfg.state_path / "journal.sqlite")
         self.portfolio = Portfolio(quote=cfg.market.quote, cash=0.0)
         self.counters = EventCounters()
-        self.oms = OMS(self.bus, self.journal, self.venue, cfg.venue.retry)
-        self.gate = RiskGate(self.bus, cfg.risk)
+        self.oms = OMS(self.bus, self.journal, self.venue, cfg.venue.retry, config=cfg.oms)
+        self.gate = RiskGate(self.bus, cfg.risk, symbols=self.symbols, portfolio=self.portfolio,
+                             oms=self.oms, markets=self.venue.markets, journal=self.journal,
+                             interval_s=cfg.market.interval_s)
         self.solver = SolverPool(cfg.rebalance.solver, cfg.rebalance.solve_timeout_s)
         extra = {"solve_fn": solve_fn} if solve_fn is not None else {}
         self.rebalancer = Rebalancer(
@@ -131,13 +155,29 @@ class Daemon:
             self.solver, fee_rate=cfg.venue.paper.fee_bps / 10_000.0, **extra)
         self.timestamps = 0
         self.start_nav: float | None = None
-        self.services: list[Service] = []
+        self.services: list[Service] = [self.gate]  # the gate's stale-data heartbeat
+        # crash safety first: the reconciler rebuilds orders and portfolio from the journal and
+        # squares them with the venue before any other service or bar; the OMS stops last
+        # (ends sends, cancels working orders)
+        self.reconciler = Reconciler(self.oms, self.journal, self.venue, self.portfolio,
+                                     self.bus, cfg.oms, cfg.market.quote, self.symbols)
+        self.services[:0] = [self.oms, self.reconciler]
+        # resume point: bars at or before it were seen by the venue before a restart (see _start)
+        self.resume_after: datetime | None = None
+        # set once start-up (venue, reconciliation, services) is complete: READY=1 for systemd
+        self.started = asyncio.Event()
         self._wire()
+        if cfg.strategies.enabled:  # targets from strategy files instead of solves
+            from daemon.strategy_targets import attach as attach_strategies
+
+            self.strategy_targets = attach_strategies(self)
 
     def _wire(self) -> None:
         bus = self.bus
         bus.subscribe("portfolio", {Bar: self.portfolio.mark, Fill: self.portfolio.apply_fill})
-        bus.subscribe("risk_gate", {Bar: self.gate.on_bar, OrderIntent: self.gate.on_intent})
+        bus.subscribe("risk_gate", {Bar: self.gate.on_bar, BarsClosed: self.gate.on_bars_closed,
+                                    OrderIntent: self.gate.on_intent, Fill: self.gate.on_fill,
+                                    OrderRejected: self.gate.on_order_rejected})
         bus.subscribe("oms", {OrderApproved: self.oms.on_approved})
         bus.subscribe("rebalancer", {Bar: self.rebalancer.on_bar,
                                      BarsClosed: self.rebalancer.on_bars_closed})
@@ -146,12 +186,13 @@ class Daemon:
 
     async def _start(self) -> None:
         await self.venue.start()
-        balances = await self.venue.balances()
-        self.portfolio.cash = balances.get(self.cfg.market.quote, 0.0)
-        for symbol in self.symbols:
-            qty = balances.get(symbol.split("/")[0], 0.0)
-            if qty:
-                self.portfolio.positions[symbol] = qty
+        # the portfolio's opening state comes from the reconciler (a service, below). A venue
+        # that remembers the last bar it saw (the paper venue) must never see it again: the
+        # feed restarts from its first bar, so it is resumed after that one, and the pump gives
+        # older bars to the bus only, as warm-up
+        self.resume_after = getattr(self.venue, "last_bar_ts", None)
+        self.feed = resume_feed(self.feed, self.resume_after,
+                                warm=self.cfg.allocation.lookback_bars + 1)
         if self.cfg.rebalance.solver == "process":
             await self.solver.warm_up()
         await self.bus.start()
@@ -165,6 +206,10 @@ class Daemon:
         on_bars = getattr(self.venue, "on_bars", None)
         async for bars in self.feed.bars():
             if not bars:
+                continue
+            if self.resume_after is not None and bars[0].ts <= self.resume_after:
+                for bar in bars:  # warm-up after a restart: history and marks, no venue
+                    self.bus.publish(bar)
                 continue
             if on_bars is not None:
                 on_bars(bars)  # the venue's market moves before we see it
@@ -184,10 +229,13 @@ class Daemon:
                   stop: asyncio.Event | None = None) -> RunSummary:
         stop = stop or asyncio.Event()
         await self._start()
+        self.started.set()
         lockstep = getattr(self.feed, "lockstep", None)
         if lockstep is None:
             speed = getattr(getattr(self.feed, "cfg", None), "speed", 0.0)
             lockstep = not speed
+        if lockstep:  # throttles and staleness on bar time: a replay runs faster than live
+            self.gate.use_market_time()
         pump = asyncio.create_task(self._pump(max_bars, bool(lockstep)), name="feed-pump")
         stopper = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
@@ -199,6 +247,12 @@ class Daemon:
         finally:
             for task in (pump, stopper):
                 task.cancel()
+            # insist: on Python 3.11 asyncio.wait_for returns the result and drops the
+            # cancellation when both land together (a bar arriving at SIGTERM), and the feed
+            # would keep the pump, and so the daemon, running until systemd kills it
+            while not pump.done():
+                await asyncio.wait({pump}, timeout=0.5)
+                pump.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(pump, stopper, return_exceptions=True)
             await self._shutdown()

@@ -118,10 +118,25 @@ class EventBus:
     # -- publishing -----------------------------------------------------------------------
     def publish(self, event: Event) -> None:
         self.published += 1
-        is_bar = type(event) is Bar
-        for sub in self._targets(type(event)):
+        event_type = type(event)
+        targets = self._by_type.get(event_type)
+        if targets is None:
+            targets = self._targets(event_type)
+        is_bar = event_type is Bar
+        symbol: str = event.symbol if is_bar else ""  # type: ignore[attr-defined]
+        for sub in targets:
             if is_bar:
-                self._offer_bar(sub, event)  # type: ignore[arg-type]
+                # a full inbox overwrites the waiting bar of the symbol (module doc); inline,
+                # as this runs for every bar and subscriber
+                waiting = sub.pending_bars.get(symbol) if len(sub.inbox) >= sub.capacity \
+                    else None
+                if waiting is not None:
+                    waiting.bar = event  # type: ignore[assignment]
+                    sub.stats.coalesced += 1
+                else:
+                    slot = _Slot(event)  # type: ignore[arg-type]
+                    sub.pending_bars[symbol] = slot
+                    sub.inbox.append(slot)
             else:
                 sub.inbox.append(event)
                 if len(sub.inbox) > sub.capacity:
@@ -136,16 +151,6 @@ class EventBus:
             sub.idle.clear()
             sub.wakeup.set()
 
-    def _offer_bar(self, sub: Subscriber, bar: Bar) -> None:
-        waiting = sub.pending_bars.get(bar.symbol)
-        if waiting is not None and len(sub.inbox) >= sub.capacity:
-            waiting.bar = bar
-            sub.stats.coalesced += 1
-            return
-        slot = _Slot(bar)
-        sub.pending_bars[bar.symbol] = slot
-        sub.inbox.append(slot)
-
     # -- running --------------------------------------------------------------------------
     async def start(self) -> None:
         self._running = True
@@ -154,7 +159,7 @@ class EventBus:
                 sub.task = asyncio.create_task(self._work(sub), name=f"bus:{sub.name}")
 
     async def _work(self, sub: Subscriber) -> None:
-        inbox, stats = sub.inbox, sub.stats
+        inbox, stats, handlers = sub.inbox, sub.stats, sub.handlers
         while True:
             if not inbox:
                 sub._over = False
@@ -169,10 +174,12 @@ class EventBus:
                     del sub.pending_bars[event.symbol]
             else:
                 event = item
-            handler = sub.handler_for(type(event))
+            handler = handlers.get(type(event)) or sub.handler_for(type(event))
             try:
                 result = handler(event)  # type: ignore[misc]
-                if inspect.isawaitable(result):
+                # most handlers are plain functions returning None: the ABC check in
+                # isawaitable costs more than the handler
+                if result is not None and inspect.isawaitable(result):
                     await result
                 stats.delivered += 1
             except asyncio.CancelledError:
@@ -193,7 +200,13 @@ class EventBus:
         """Wait until every inbox is empty, no handler is running and no tracked background
         work is pending: replays use it to stay deterministic, tests to observe a quiet bus."""
         while True:
-            busy = [s.idle.wait() for s in self._subscribers if not s.idle.is_set()]
+            # one busy subscriber at a time: all must go idle anyway, and awaiting the events
+            # directly spares gather() a task per subscriber per settle (a replay settles
+            # every timestamp); the loop below re-checks everyone before returning
+            for s in self._subscribers:
+                if not s.idle.is_set():
+                    await s.idle.wait()
+            busy = [s for s in self._subscribers if not s.idle.is_set()]
             pending = [t for t in self._background if not t.done()]
             if not busy and not pending:
                 # a handler that just finished may have published to a subscriber already
@@ -203,7 +216,8 @@ class EventBus:
                         not t.done() for t in self._background):
                     return
                 continue
-            await asyncio.gather(*busy, *pending, return_exceptions=True)
+            if pending:
+                await asyncio.wait(pending)
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Deliver what is queued (bounded by `drain_timeout`), then stop the workers."""

@@ -12,12 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from adapters.ccxt_exchange import ExchangeConfig
 from adapters.paper import PaperVenueConfig
 from adapters.replay import ReplayConfig
 from adapters.simulated import SimulatedMarketConfig
-from daemon.oms import RetryConfig
+from daemon.control import ControlConfig
+from daemon.health import HealthConfig
+from daemon.http_api import HttpConfig
+from daemon.oms import OmsConfig, RetryConfig
 from daemon.rebalancer import RebalanceConfig
+from daemon.secrets import SecretsConfig
 from daemon.settings import ConfigError, load
+from daemon.strategy_targets import StrategiesConfig
 from risk.allocation import AllocationConfig
 from risk.limits import RiskLimits
 
@@ -83,6 +89,13 @@ class Config:
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     risk: RiskLimits = field(default_factory=RiskLimits)
+    oms: OmsConfig = field(default_factory=OmsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
     path: str = field(default="", metadata={"doc": "(set by the loader)"})
 
     def check(self) -> None:
@@ -91,6 +104,14 @@ class Config:
                               f"must be <= risk.max_order_notional "
                               f"({self.risk.max_order_notional:g}), or every large trade is "
                               f"rejected by the risk gate")
+        for key, symbol in self.risk.unknown_symbols(self.market.symbols):
+            raise ConfigError(key, symbol, "not in market.symbols: this limit would cover nothing")
+        if self.daemon.mode == "testnet" and self.exchange.id != "binance" \
+                and not self.exchange.ws_url:
+            raise ConfigError("exchange.id", self.exchange.id,
+                              'daemon.mode = "testnet" streams market data from Binance\'s '
+                              "kline websocket: use binance, or set exchange.ws_url to a "
+                              "Binance-compatible stream")
 
     @property
     def state_path(self) -> Path:

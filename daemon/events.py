@@ -118,6 +118,20 @@ class RiskRejected(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class TradingStateChanged(Event):
+    """The kill switch moved (`daemon.trading_state`): ACTIVE, REDUCING (only risk-reducing
+    orders pass) or HALTED (cancels only). `by` is operator, gate (an automatic limit) or oms;
+    `reason` a code such as DAILY_LOSS_LIMIT, with the facts in `context`."""
+
+    state: str
+    previous: str
+    reason: str
+    by: str
+    ts: datetime
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class OrderAccepted(Event):
     client_order_id: str
     venue_order_id: str

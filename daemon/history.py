@@ -45,6 +45,17 @@ class CloseHistory:
 
     def returns(self, lookback: int) -> pd.DataFrame:
         """Simple returns of the last `lookback` bars, only for symbols with complete data."""
-        closes = self.closes().iloc[-(lookback + 1):]
-        closes = closes.dropna(axis=1, how="any")
-        return closes.pct_change().iloc[1:]
+        n = min(self._count, lookback + 1)
+        if n < 2:
+            closes = self.closes().iloc[-(lookback + 1):].dropna(axis=1, how="any")
+            return closes.pct_change().iloc[1:]
+        # in numpy, one DataFrame at the end: the pandas chain (frame of the whole window,
+        # dropna, pct_change) cost milliseconds per call. Same arithmetic, c[t] / c[t-1] - 1.
+        rows = (self._pos - np.arange(n - 1, -1, -1)) % self.capacity
+        block = self._closes[rows]
+        keep = ~np.isnan(block).any(axis=0)
+        values = block[:, keep]
+        return pd.DataFrame(values[1:] / values[:-1] - 1.0,
+                            index=[self._times[i] for i in rows[1:].tolist()],
+                            columns=[s for s, k in zip(self.symbols, keep.tolist(), strict=True)
+                                     if k])

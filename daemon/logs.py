@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from daemon.redact import redact_event
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
 
@@ -20,6 +22,8 @@ def configure(level: str = "info", stream: TextIO | None = None,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         *(extra_processors or []),
+        # last before rendering, so tracebacks and extra processors' output are scrubbed too
+        redact_event,
         structlog.processors.JSONRenderer(default=str),
     ]
     structlog.configure(

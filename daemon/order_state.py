@@ -1,8 +1,15 @@
 """The order life cycle, as a table of allowed transitions.
 
 PENDING_NEW is journaled before the venue call. UNKNOWN means we sent (or may have sent) the
-order but do not know whether the venue has it: a timeout or a dropped connection. An UNKNOWN
-order is resolved by asking the venue, never by resending blindly.
+order but do not know whether the venue has it: a timeout, a dropped connection, or a restart
+that found the order journaled but no venue answer. An UNKNOWN order is resolved by asking the
+venue for it by client order id (and by its recent trades), never by resending blindly: only a
+venue that proves it never saw the order (UNKNOWN -> PENDING_NEW) makes a resend safe.
+
+    PENDING_NEW -> ACCEPTED -> PARTIALLY_FILLED -> FILLED
+    ACCEPTED | PARTIALLY_FILLED -> PENDING_CANCEL -> CANCELLED (or FILLED: the cancel lost)
+    PENDING_NEW -> REJECTED;  live states -> CANCELLED | EXPIRED (the venue ended the order)
+    PENDING_NEW | live states -> UNKNOWN -> what the venue says | PENDING_NEW (never saw it)
 """
 
 from __future__ import annotations
@@ -60,7 +67,12 @@ class InvalidTransition(ValueError):
     pass
 
 
+def allowed(current: OrderState, new: OrderState) -> bool:
+    return new in TRANSITIONS[current]
+
+
 def transition(current: OrderState, new: OrderState) -> OrderState:
+    """`new` if the table allows it; otherwise InvalidTransition naming both states."""
     if new not in TRANSITIONS[current]:
         raise InvalidTransition(f"{current} -> {new} is not allowed")
     return new

@@ -1,5 +1,16 @@
-"""The rebalancer: watches drift on every complete cross-section of bars, re-solves target
-weights off the event loop when drift leaves the band, and proposes the orders that close it.
+"""The rebalancer: keeps target weights fresh and trades towards them only when it pays.
+
+Two separate loops, both driven by complete cross-sections of bars (`BarsClosed`):
+
+- Estimation: target weights are re-solved off the event loop on a schedule or a volatility
+  regime change (`risk/resolve_schedule.py`), never because the portfolio drifted. A failed
+  solve keeps the last good targets and sends nothing; too little history applies the
+  allocation's `on_short_history` (equal weight, or hold).
+- Trading: on every bar, drift against the current targets goes through the drift rules and the
+  calendar fallback (`risk/triggers.py`), the cooldown, the trade policy (target, band edge or a
+  fraction of the way: `risk/rebalance_policy.py`), the discrete quantities (`risk/trade_plan.py`)
+  and the cost test. Each decision is logged once as `rebalance`; a skipped one as
+  `rebalance_skipped` with its reason, at info when the reason changes and at debug otherwise.
 
 Drift counts working orders: an order already sent for a drift is part of the position, so the
 same drift never triggers a second trade while the first is still working.
@@ -7,34 +18,55 @@ same drift never triggers a second trade while the first is still working.
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import structlog
 
 from daemon.bus import EventBus
-from daemon.events import Bar, BarsClosed, OrderIntent, OrderType, TargetWeights
+from daemon.events import Bar, BarsClosed, OrderIntent, OrderType, Side, TargetWeights
 from daemon.history import CloseHistory
 from daemon.journal import Journal
 from daemon.oms import OMS
+from daemon.order_state import OrderState
 from daemon.portfolio import Portfolio
 from daemon.solver import SolverPool
-from risk.allocation import AllocationConfig, SolveError, solve
+from risk import rebalance_policy as policy
+from risk import triggers
+from risk.allocation import (
+    Allocation,
+    AllocationConfig,
+    InsufficientHistory,
+    SolveError,
+    fallback_equal_weight,
+    periods_per_year,
+    solve,
+)
 from risk.market_rules import MarketRules
-from risk.trade_plan import drift, plan_orders
+from risk.rebalance_policy import CostConfig, PolicyConfig
+from risk.resolve_schedule import ScheduleConfig, realised_vol, resolve_reason
+from risk.trade_plan import TradePlan, drift, limit_price, plan_orders, weights_after
+from risk.triggers import TriggerConfig
 
 log = structlog.get_logger("rebalancer")
+
+BPS = 10_000.0
 
 
 @dataclass(frozen=True)
 class RebalanceConfig:
     band: float = field(default=0.05, metadata={
-        "doc": "re-solve and trade when any asset's weight is this far from its target "
-               "(absolute, as a fraction of NAV)", "min": 0.0, "exclusive_min": True,
-        "max": 1.0})
+        "doc": "absolute band: the absolute and five_twenty_five rules fire when an asset's "
+               "weight is further than this from its target (fraction of NAV)",
+        "min": 0.0, "exclusive_min": True, "max": 1.0})
     min_trade_notional: float = field(default=20.0, metadata={
         "doc": "skip any trade smaller than this, quote currency", "min": 0.0})
     max_child_notional: float = field(default=10_000.0, metadata={
@@ -45,9 +77,23 @@ class RebalanceConfig:
     solve_timeout_s: float = field(default=60.0, metadata={
         "doc": "a solve taking longer is abandoned; the last good targets stay",
         "min": 0.1, "max": 3600.0})
+    trigger: TriggerConfig = field(default_factory=TriggerConfig, metadata={
+        "doc": "when drift triggers a rebalance: rules, calendar fallback, cooldown"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={
+        "doc": "when target weights are re-solved"})
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={
+        "doc": "how far to trade and with which orders"})
+    cost: CostConfig = field(default_factory=CostConfig, metadata={
+        "doc": "cost test: skip rebalances that cost more than they remove"})
 
 
 SolveFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Skip:
+    code: str  # within_bands | cooldown | rejected_retry | nothing_to_trade | cost_exceeds_benefit
+    detail: str
 
 
 class Rebalancer:
@@ -61,117 +107,505 @@ class Rebalancer:
         self.journal = journal
         self.symbols = list(symbols)
         self.interval_s = interval_s
+        self.ppy = periods_per_year(interval_s)
         self.cfg = cfg
         self.allocation = allocation
         self.rules = rules
         self.solver = solver
         self.fee_rate = fee_rate
         self.solve_fn = solve_fn
-        self.history = CloseHistory(symbols, allocation.lookback_bars + 1)
+        self._takes_previous = _accepts_previous(solve_fn)
+        depth = max(allocation.lookback_bars, cfg.schedule.vol_window_bars)
+        self.history = CloseHistory(symbols, depth + 1)
         self.targets: dict[str, float] | None = None
         self.solving = False
-        self.completion_due: str | None = None  # decision whose buys wait for its sells
-        self.bars_seen = 0
-        self.rebalances = 0
+        self.bars_seen = 0  # Bar events
+        self.bar_index = 0  # BarsClosed events: the clock of schedules and cooldowns
+        self.rebalances = 0  # decisions that sent orders (completion legs not counted)
         self.solve_failures = 0
+        self.skips: Counter[str] = Counter()
+        self.last_decision: dict[str, Any] | None = None
+        self._last_attempt: int | None = None
+        self._last_success: int | None = None
+        self._failed_last = False
+        self._fallback_targets = False  # targets came from on_short_history = equal_weight
+        self._vol_at_solve: float | None = None
+        self._targets_since: datetime | None = None
+        self._traded_targets: dict[str, float] | None = None  # targets of the last rebalance
+        self._last_rebalance_bar: int | None = None
+        self._last_rebalance_ts: datetime | None = None
+        self._completion: tuple[str, dict[str, float]] | None = None  # decision, weights
+        self._limit_sent: dict[str, int] = {}  # client order id -> bar index sent
+        self._last_skip: str | None = None
+        self._last_sent: list[str] = []  # client order ids of the last rebalance decision
+        self._requested: str | None = None
+        self._cov_cache: tuple[int, tuple[list[str], np.ndarray] | None] | None = None
+        # targets come from set_external_targets (daemon/strategy_targets.py): never solve
+        self.external_targets = False
 
+    # -- operator ---------------------------------------------------------------------------
+    def request_rebalance(self, reason: str) -> str:
+        """Force a re-solve and a trade back to target on the next complete bar, past the drift
+        rules, cooldown and cost test (`tradingd rebalance-now`)."""
+        self._requested = reason or "operator request"
+        log.info("rebalance_requested", reason=self._requested)
+        return "re-solve, then trade to target at the next complete bar"
+
+    def set_external_targets(self, weights: Mapping[str, float], reason: str) -> None:
+        """Replace the targets with weights computed elsewhere (allocation across strategies);
+        the drift rules and trade policy then act on them from the next complete bar."""
+        self.external_targets = True
+        old = self.targets
+        self.targets = {s: float(weights.get(s, 0.0)) for s in self.symbols}
+        self._last_success, self._failed_last, self._fallback_targets = self.bar_index, False, False
+        log.info("targets_external", reason=reason, old_targets=_rounded(old),
+                 new_targets=_rounded(self.targets))
+
+    # -- bus handlers -----------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
         self.bars_seen += 1
         self.history.add(bar.symbol, bar.ts, bar.close)
 
     def on_bars_closed(self, event: BarsClosed) -> None:
+        self.bar_index += 1
+        self._expire_limit_orders()
         if self.solving:
             return
-        if self.completion_due is not None and self.targets is not None:
+        if self._completion is not None:
             if not self.oms.working():
-                decision, self.completion_due = self.completion_due, None
-                self._trade_to_targets(event.ts, f"completion of decision {decision}")
+                self._complete(event.ts)
             return
-        if self.targets is None:
-            if self.history.length > self.allocation.lookback_bars:
-                self._start_solve(event.ts, "initial")
+        if self._requested is not None:
+            reason, self._requested = self._requested, None
+            self._start_solve(event.ts, f"requested: {reason}", forced=True)
             return
-        current = self.effective_weights()
-        drifts = drift(current, self.targets)
-        worst = max(drifts, key=lambda s: abs(drifts[s]))
-        if abs(drifts[worst]) > self.cfg.band:
-            self._start_solve(event.ts, f"drift {worst} {drifts[worst]:+.4f} > band "
-                                        f"{self.cfg.band:.4f}")
+        why = self._solve_due()
+        if why is not None:
+            self._start_solve(event.ts, why)
+            return
+        if self.targets is not None:
+            self.decide(event.ts)
 
+    # -- weights ----------------------------------------------------------------------------
     def effective_weights(self) -> dict[str, float]:
         """Weights counting working orders as if filled at the last price."""
         nav = self.portfolio.nav
-        working = self.oms.working_quantity()
+        positions = self._effective_positions()
         out = {}
         for s in self.symbols:
-            qty = self.portfolio.positions.get(s, 0.0) + working.get(s, 0.0)
-            out[s] = qty * self.portfolio.prices.get(s, 0.0) / nav if nav > 0 else 0.0
+            out[s] = positions[s] * self.portfolio.prices.get(s, 0.0) / nav if nav > 0 else 0.0
         return out
 
-    def _start_solve(self, ts: datetime, reason: str) -> None:
-        self.solving = True
-        returns = self.history.returns(self.allocation.lookback_bars)
-        self.bus.track(self._solve_and_trade(ts, reason, returns), name="rebalance-solve")
+    def _effective_positions(self) -> dict[str, float]:
+        working = self.oms.working_quantity()
+        return {s: self.portfolio.positions.get(s, 0.0) + working.get(s, 0.0)
+                for s in self.symbols}
 
-    async def _solve_and_trade(self, ts: datetime, reason: str, returns: Any) -> None:
+    def _free_cash(self) -> float:
+        """Cash not promised to working buys (the venue holds it for them)."""
+        committed = sum(o.remaining * (o.intent.limit_price or o.intent.reference_price)
+                        * (1 + self.fee_rate)
+                        for o in self.oms.working() if o.intent.side is Side.BUY)
+        return self.portfolio.cash - committed
+
+    # -- estimation -------------------------------------------------------------------------
+    def _history_rows(self) -> int:
+        return max(min(self.history.length, self.allocation.lookback_bars + 1) - 1, 0)
+
+    def _solve_due(self) -> str | None:
+        if self.external_targets:
+            return None
+        rows = self._history_rows()
+        enough = rows >= self.allocation.min_history_bars
+        since_attempt = None if self._last_attempt is None else self.bar_index - self._last_attempt
+        if self.targets is None:
+            if self._last_attempt is not None and self._failed_last \
+                    and since_attempt is not None \
+                    and since_attempt < self.cfg.schedule.retry_after_bars:
+                return None
+            if enough:
+                return "initial"
+            if self.allocation.on_short_history == "equal_weight" and self.history.length:
+                return "initial (short history)"
+            return None
+        if self._fallback_targets:
+            # equal weight until the history suffices: re-solving before would change nothing
+            return f"history now sufficient ({rows} bars)" if enough else None
+        since_success = None if self._last_success is None else \
+            self.bar_index - self._last_success
+        vol_now = self._realised_vol() if self.cfg.schedule.vol_change else None
+        return resolve_reason(self.cfg.schedule, since_attempt, since_success, self._failed_last,
+                              vol_now, self._vol_at_solve)
+
+    def _start_solve(self, ts: datetime, reason: str, forced: bool = False) -> None:
+        if self.external_targets:  # an operator request: nothing to solve, trade to target
+            if self.targets is not None:
+                self.decide(ts, forced=forced)
+            return
+        self._last_attempt = self.bar_index
+        returns = self.history.returns(self.allocation.lookback_bars)
+        if len(returns) < self.allocation.min_history_bars:
+            # the solve would raise this too: decide here instead of a worker round trip
+            short = InsufficientHistory(needed=self.allocation.min_history_bars,
+                                        got=len(returns))
+            self._on_short_history(ts, reason, short, returns, forced)
+            return
+        current = self.effective_weights()
+        # the turnover cap is about trading away from holdings; deploying cash is not turnover
+        previous = current if sum(abs(w) for w in current.values()) > 1e-9 else None
+        self.solving = True
+        self.bus.track(self._solve(ts, reason, returns, previous, forced), name="rebalance-solve")
+
+    async def _solve(self, ts: datetime, reason: str, returns: pd.DataFrame,
+                     previous: dict[str, float] | None, forced: bool) -> None:
         started = time.perf_counter()
+        args: tuple[Any, ...] = (returns, self.allocation, self.interval_s)
+        if self._takes_previous:
+            args = (*args, previous)
         try:
-            allocation = await self.solver.run(self.solve_fn, returns, self.allocation,
-                                               self.interval_s)
+            allocation = await self.solver.run(self.solve_fn, *args)
+        except InsufficientHistory as exc:
+            self.solving = False
+            self._on_short_history(ts, reason, exc, returns, forced)
+            return
         except SolveError as exc:
+            self.solving = False
             self.solve_failures += 1
+            self._failed_last = True
             log.warning("solve_failed", reason=str(exc), trigger=reason,
-                        kept_targets=self.targets, failures=self.solve_failures)
+                        method=self.allocation.method, kept_targets=_rounded(self.targets),
+                        failures=self.solve_failures, orders="none from this solve")
             return
         finally:
             self.solving = False
-        elapsed = time.perf_counter() - started
+        self._install(ts, allocation, reason, returns, time.perf_counter() - started,
+                      previous is not None)
+        self._fallback_targets = False
+        self.decide(ts, forced=forced)
+
+    def _on_short_history(self, ts: datetime, reason: str, exc: InsufficientHistory,
+                          returns: pd.DataFrame, forced: bool) -> None:
+        self._failed_last = True  # a retry waits for retry_after_bars or enough history
+        if self.allocation.on_short_history == "hold":
+            log.info("short_history", decision="hold", trigger=reason, needed=exc.needed,
+                     got=exc.got, kept_targets=_rounded(self.targets))
+            return
+        assets = [s for s in self.symbols if self.portfolio.prices.get(s)]
+        if not assets:
+            log.info("short_history", decision="equal_weight", trigger=reason,
+                     needed=exc.needed, got=exc.got, outcome="no priced market yet")
+            return
+        span = (str(returns.index[0]), str(returns.index[-1])) if len(returns) else None
+        fallback = fallback_equal_weight(assets, self.allocation, span)
+        log.info("short_history", decision="equal_weight", trigger=reason, needed=exc.needed,
+                 got=exc.got, assets=len(assets))
+        self._install(ts, fallback, f"{reason}; {exc}", returns, 0.0, False)
+        self._fallback_targets = True
+        self.decide(ts, forced=forced)
+
+    def _install(self, ts: datetime, allocation: Allocation, reason: str,
+                 returns: pd.DataFrame, elapsed: float, with_previous: bool) -> None:
         old = self.targets
-        self.targets = dict(allocation.weights)
-        log.info("targets_solved", method=self.allocation.method, trigger=reason,
-                 span_start=str(returns.index[0]), span_end=str(returns.index[-1]),
-                 bars=len(returns), expected_return=round(allocation.expected_return, 4),
-                 volatility=round(allocation.volatility, 4),
-                 sharpe=round(allocation.sharpe, 3), solve_s=round(elapsed, 3),
-                 old_targets=old, new_targets={k: round(v, 4) for k, v in self.targets.items()})
-        self.bus.publish(TargetWeights(ts=ts, weights=self.targets, method=self.allocation.method,
+        self.targets = {k: float(v) for k, v in allocation.weights.items()}
+        self._last_success = self.bar_index
+        self._failed_last = False
+        if self._targets_since is None:
+            self._targets_since = ts
+        self._vol_at_solve = self._realised_vol()
+        method = allocation.method or self.allocation.method
+        span = allocation.span or ((str(returns.index[0]), str(returns.index[-1]))
+                                   if len(returns) else None)
+        log.info("targets_solved", method=method, trigger=reason,
+                 span_start=span[0] if span else None, span_end=span[1] if span else None,
+                 bars=len(returns), expected_return=_finite(allocation.expected_return, 4),
+                 volatility=_finite(allocation.volatility, 4),
+                 sharpe=_finite(allocation.sharpe, 3), solve_s=round(elapsed, 3),
+                 solver_s=round(allocation.solve_seconds, 3),
+                 turnover=_finite(allocation.turnover, 4) if allocation.turnover is not None
+                 else None, previous_given=with_previous, notes=list(allocation.notes),
+                 old_targets=_rounded(old), new_targets=_rounded(self.targets))
+        self.bus.publish(TargetWeights(ts=ts, weights=dict(self.targets), method=method,
                                        reason=reason,
                                        stats={"expected_return": allocation.expected_return,
                                               "volatility": allocation.volatility,
                                               "sharpe": allocation.sharpe,
                                               "solve_seconds": elapsed}))
-        self._trade_to_targets(ts, reason)
 
-    def _trade_to_targets(self, ts: datetime, reason: str) -> None:
+    def _returns_matrix(self, lookback: int) -> pd.DataFrame:
+        return self.history.returns(lookback)
+
+    def _realised_vol(self) -> float | None:
+        if self.targets is None:
+            return None
+        r = self._returns_matrix(self.cfg.schedule.vol_window_bars)
+        if len(r) < 2:
+            return None
+        w = np.array([self.targets.get(str(c), 0.0) for c in r.columns])
+        return realised_vol(r.to_numpy(dtype=float), w, self.ppy)
+
+    def _covariance(self) -> tuple[list[str], np.ndarray] | None:
+        """Sample covariance of per-bar returns over the allocation's lookback, once per bar."""
+        if self._cov_cache is not None and self._cov_cache[0] == self.bar_index:
+            return self._cov_cache[1]
+        r = self._returns_matrix(self.allocation.lookback_bars)
+        out = None
+        if len(r) >= 2 and r.shape[1]:
+            cov = np.atleast_2d(np.cov(r.to_numpy(dtype=float), rowvar=False))
+            out = ([str(c) for c in r.columns], cov)
+        self._cov_cache = (self.bar_index, out)
+        return out
+
+    def _te(self, drifts: Mapping[str, float]) -> float | None:
+        cov = self._covariance()
+        if cov is None:
+            return None
+        return triggers.tracking_error(drifts, cov[0], cov[1], self.ppy)
+
+    # -- trading ----------------------------------------------------------------------------
+    def decide(self, ts: datetime, forced: bool = False) -> None:
+        """One trading decision against the current targets: trade, or log why not."""
         assert self.targets is not None
-        working = self.oms.working_quantity()
-        positions = {s: self.portfolio.positions.get(s, 0.0) + working.get(s, 0.0)
-                     for s in self.symbols}
-        plan = plan_orders(nav=self.portfolio.nav, cash=self.portfolio.cash, positions=positions,
-                           prices=self.portfolio.prices, targets=self.targets,
-                           rules=self.rules(), min_trade_notional=self.cfg.min_trade_notional,
-                           fee_rate=self.fee_rate,
-                           max_child_notional=self.cfg.max_child_notional)
-        if not plan.orders:
-            log.info("rebalance_skipped", reason="no trade above minimum notional", trigger=reason)
+        tcfg, pcfg = self.cfg.trigger, self.cfg.policy
+        targets = self.targets
+        current = self.effective_weights()
+        drifts = drift(current, targets)
+        bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in drifts}, tcfg.rules,
+                                     self.cfg.band, tcfg.relative_band)
+        needs_te = ("portfolio" in tcfg.rules and tcfg.portfolio_measure == "tracking_error") \
+            or self.cfg.cost.max_cost_share > 0
+        te = self._te(drifts) if needs_te else None
+        check = triggers.check_drift(drifts, bands, tcfg, te)
+        invested = sum(max(w, 0.0) for w in current.values())
+        target_invested = sum(max(t, 0.0) for t in targets.values())
+        since = self._last_rebalance_ts or self._targets_since or ts
+        days = (ts - since).total_seconds() / 86_400.0
+        mode: str = pcfg.mode
+        exempt = True  # from cooldown and cost test
+        if forced:
+            reasons, mode = ["requested by operator"], "target"
+        elif invested < 0.5 * target_invested:
+            # a no-trade region is meaningless when deploying cash: go to target
+            reasons, mode = [f"deploy: invested {invested:.1%} of NAV, targets "
+                             f"{target_invested:.1%}"], "target"
+        elif check.fired:
+            reasons, exempt = list(check.reasons), False
+        elif triggers.calendar_due(days, check.max_abs_drift, tcfg):
+            # no band was breached, so there is no edge to trade to
+            reasons, exempt = [f"calendar: {days:.1f} days since the last rebalance, max "
+                               f"|drift| {check.max_abs_drift:.4f}"], False
+            mode = "target" if mode == "edge" else mode
+        else:
+            self._skip(Skip("within_bands", f"max |drift| {check.max_abs_drift:.4f}"), check)
             return
+        since_bar = None if self._last_rebalance_bar is None else \
+            self.bar_index - self._last_rebalance_bar
+        if not forced and since_bar is not None and since_bar < tcfg.rejected_retry_bars \
+                and self._nothing_reached_the_market():
+            # the gate or venue refused the whole last decision: sending it again every bar
+            # would only flood them (and trip the gate's rejection-burst halt)
+            self._skip(Skip("rejected_retry", f"every order of the last rebalance was "
+                            f"rejected; retry in {tcfg.rejected_retry_bars - since_bar} bars; "
+                            f"trigger: {'; '.join(reasons)}"), check)
+            return
+        if not exempt:
+            left = triggers.cooldown_left(since_bar, tcfg)
+            if left:
+                self._skip(Skip("cooldown", f"{left} bars left; trigger: {'; '.join(reasons)}"),
+                           check)
+                return
+        goal = self._policy_weights(mode, current, targets, bands)
+        plan = self._plan(goal)
+        if not plan.orders:
+            self._skip(Skip("nothing_to_trade", "every trade is below the minimum notional or "
+                            f"one lot; trigger: {'; '.join(reasons)}"), check)
+            return
+        nav = self.portfolio.nav
+        positions = self._effective_positions()
+        after = weights_after(plan, nav, positions, self.portfolio.prices)
+        te_after = self._te(drift(after, targets)) if te is not None else None
+        cost = policy.estimated_cost((o.notional for o in plan.orders), nav, self.fee_rate,
+                                     self.cfg.cost.slippage_bps)
+        verdict = policy.cost_test(cost, te, te_after,
+                                   0.0 if exempt else self.cfg.cost.max_cost_share)
+        if not verdict.passed:
+            self._skip(Skip("cost_exceeds_benefit", f"{verdict.reason}; trigger: "
+                            f"{'; '.join(reasons)}"), check)
+            return
+        decision_id = self._send(ts, plan, "; ".join(reasons))
+        self._last_sent = [client_order_id(decision_id, o.symbol, o.side.value, i)
+                           for i, o in enumerate(plan.orders)]
+        self.rebalances += 1
+        self._last_rebalance_bar, self._last_rebalance_ts = self.bar_index, ts
+        self._last_skip = None
+        if plan.buys_deferred:
+            self._completion = (decision_id, goal)
+        self.last_decision = {
+            "decision_id": decision_id, "trigger": reasons, "mode": mode,
+            "drifts": _rounded(drifts), "breaches": {s: round(d, 4) for s, (d, _) in
+                                                     check.breaches.items()},
+            "sum_abs_drift": round(check.sum_abs_drift, 4),
+            "old_targets": _rounded(self._traded_targets), "new_targets": _rounded(targets),
+            "trade_to": _rounded(goal),
+            "orders": [_describe(o, self._order_type(), self._limit(o)) for o in plan.orders],
+            "est_cost_bps": round(cost * BPS, 3),
+            "te_before_bps": _bps(te), "te_after_bps": _bps(te_after),
+            "cost_test": verdict.reason, "buys_deferred": plan.buys_deferred}
+        self._traded_targets = dict(targets)
+        log.info("rebalance", **self.last_decision)
+
+    def _policy_weights(self, mode: str, current: dict[str, float], targets: dict[str, float],
+                        bands: dict[str, float]) -> dict[str, float]:
+        if mode == "partial":
+            return policy.partial(current, targets, self.cfg.policy.fraction)
+        if mode == "edge":
+            goal = policy.to_band_edge(current, targets, bands)
+            tcfg = self.cfg.trigger
+            if "portfolio" in tcfg.rules:
+                goal = policy.shrink_to_threshold(goal, targets, self._portfolio_measure(),
+                                                  tcfg.portfolio_threshold)
+            return goal
+        return policy.to_target(targets, current)
+
+    def _portfolio_measure(self) -> Callable[[Mapping[str, float]], float]:
+        if self.cfg.trigger.portfolio_measure == "tracking_error":
+            return lambda d: self._te(d) or 0.0
+        return lambda d: float(sum(abs(x) for x in d.values()))
+
+    def _plan(self, goal: Mapping[str, float]) -> TradePlan:
+        buffer = 0.005
+        if self.cfg.policy.order_type == "limit":
+            buffer += self.cfg.policy.limit_offset_bps / BPS  # buys may pay up to the limit
+        return plan_orders(nav=self.portfolio.nav, cash=self._free_cash(),
+                           positions=self._effective_positions(), prices=self.portfolio.prices,
+                           targets=goal, rules=self.rules(),
+                           min_trade_notional=self.cfg.min_trade_notional,
+                           fee_rate=self.fee_rate, price_buffer=buffer,
+                           max_child_notional=self.cfg.max_child_notional)
+
+    def _complete(self, ts: datetime) -> None:
+        """The buys of a decision that had to wait for its sells' proceeds."""
+        assert self._completion is not None
+        decision, goal = self._completion
+        self._completion = None
+        full = self._plan(goal)
+        # only the buys: the sells are done, and selling again for the few bps prices moved
+        # since would defer the buys once more, every bar, without end
+        plan = TradePlan(orders=[o for o in full.orders if o.side is Side.BUY],
+                         buys_deferred=False)
+        if not plan.orders:
+            log.info("completion_skipped", decision_id=decision,
+                     reason="nothing left above the minimum notional")
+            return
+        reason = f"completion of decision {decision}"
+        decision_id = self._send(ts, plan, reason)
+        log.info("rebalance_completion", decision_id=decision_id, completes=decision,
+                 orders=[_describe(o, self._order_type(), self._limit(o)) for o in plan.orders])
+
+    def _nothing_reached_the_market(self) -> bool:
+        """Whether every order of the last rebalance was refused: never taken in by the OMS
+        (the risk gate rejected it) or rejected by the venue."""
+        if not self._last_sent:
+            return False
+        for cid in self._last_sent:
+            order = self.oms.orders.get(cid)
+            if order is not None and order.state is not OrderState.REJECTED:
+                return False
+        return True
+
+    def _order_type(self) -> OrderType:
+        return OrderType.LIMIT if self.cfg.policy.order_type == "limit" else OrderType.MARKET
+
+    def _limit(self, order: Any) -> float | None:
+        if self.cfg.policy.order_type != "limit":
+            return None
+        rule = self.rules().get(order.symbol)
+        if rule is None:
+            return None
+        return limit_price(order.side, order.reference_price, self.cfg.policy.limit_offset_bps,
+                           rule)
+
+    def _send(self, ts: datetime, plan: TradePlan, reason: str) -> str:
         decision = self.journal.next_sequence("decision_seq")
         decision_id = f"{decision:06d}"
-        self.rebalances += 1
-        log.info("rebalance", decision_id=decision_id, trigger=reason,
-                 orders=[f"{o.side} {o.quantity} {o.symbol}" for o in plan.orders],
-                 buys_deferred=plan.buys_deferred)
-        if plan.buys_deferred:
-            self.completion_due = decision_id
+        order_type = self._order_type()
         for i, order in enumerate(plan.orders):
+            cid = client_order_id(decision_id, order.symbol, order.side.value, i)
+            limit = self._limit(order)
+            if limit is not None:
+                self._limit_sent[cid] = self.bar_index
             self.bus.publish(OrderIntent(
-                client_order_id=client_order_id(decision_id, order.symbol, order.side.value, i),
-                symbol=order.symbol, side=order.side, quantity=order.quantity,
-                order_type=OrderType.MARKET, reference_price=order.reference_price, ts=ts,
+                client_order_id=cid, symbol=order.symbol, side=order.side,
+                quantity=order.quantity,
+                order_type=order_type if limit is not None else OrderType.MARKET,
+                reference_price=order.reference_price, ts=ts, limit_price=limit,
                 decision_id=decision_id, reason=reason))
+        return decision_id
+
+    def _expire_limit_orders(self) -> None:
+        """Cancel limit orders that stayed unfilled for limit_timeout_bars: a marketable limit
+        that did not fill has missed its market, and the drift it was for is seen again."""
+        if not self._limit_sent:
+            return
+        timeout = self.cfg.policy.limit_timeout_bars
+        for cid, sent in list(self._limit_sent.items()):
+            order = self.oms.orders.get(cid)
+            age = self.bar_index - sent
+            if order is None:
+                if age > 1:  # never reached the OMS: the risk gate refused it
+                    del self._limit_sent[cid]
+                continue
+            if not order.state.working:
+                del self._limit_sent[cid]
+            elif age >= timeout:
+                del self._limit_sent[cid]
+                log.info("limit_order_expired", client_order_id=cid, bars=age,
+                         filled=order.filled, quantity=order.intent.quantity)
+                self.bus.track(self.oms.cancel(cid, f"limit order unfilled after {age} bars"),
+                               name="limit-cancel")
+
+    def _skip(self, skip: Skip, check: triggers.TriggerCheck) -> None:
+        """Log a skipped decision: at info when the reason changed, at debug when it repeats."""
+        self.skips[skip.code] += 1
+        level = log.info if skip.code != self._last_skip else log.debug
+        self._last_skip = skip.code
+        level("rebalance_skipped", reason=skip.code, detail=skip.detail,
+              max_abs_drift=round(check.max_abs_drift, 4),
+              sum_abs_drift=round(check.sum_abs_drift, 4),
+              tracking_error_bps=_bps(check.tracking_error))
 
 
 def client_order_id(decision_id: str, symbol: str, side: str, index: int) -> str:
     """Deterministic, venue-safe (Binance: [.A-Z:/a-z0-9_-]{1,36}) and unique across runs
     because decision ids come from a persistent counter in the journal."""
     return f"td-{decision_id}-{symbol.replace('/', '')}-{side[0]}{index}"[:36]
+
+
+def _accepts_previous(fn: SolveFn) -> bool:
+    """Whether the solve takes `previous` (risk.allocation.solve does; simple test doubles with
+    the older three-argument signature do not)."""
+    try:
+        inspect.signature(fn).bind(None, None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): pass the documented three arguments
+        return False
+    return True
+
+
+def _rounded(weights: Mapping[str, float] | None, digits: int = 4) -> dict[str, float] | None:
+    return None if weights is None else {k: round(v, digits) for k, v in weights.items()}
+
+
+def _finite(x: float | None, digits: int) -> float | None:
+    return round(x, digits) if x is not None and math.isfinite(x) else None
+
+
+def _bps(x: float | None) -> float | None:
+    return None if x is None else round(x * BPS, 2)
+
+
+def _describe(order: Any, order_type: OrderType, limit: float | None) -> dict[str, Any]:
+    return {"symbol": order.symbol, "side": str(order.side), "quantity": order.quantity,
+            "notional": round(order.notional, 2),
+            "type": str(order_type if limit is not None else OrderType.MARKET),
+            "limit_price": limit}

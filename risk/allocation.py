@@ -7,7 +7,7 @@ the rebalancer applies `on_short_history` (`fallback_equal_weight` builds the eq
 
 Pipeline: window -> estimators -> PSD check -> constraints -> method (parameterised cvxpy cache
 when the method allows, riskfolio-lib otherwise) -> constraint check -> volatility target ->
-turnover cap -> annualised statistics.
+sizing overlay (`risk/overlays.py`) -> turnover cap -> annualised statistics.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from risk import constraints as cons
-from risk import methods, solver_cache, vol_target
+from risk import methods, overlays, solver_cache, vol_target
 from risk.constraints import ConstraintsConfig
 from risk.errors import InsufficientHistory, SolveError
 from risk.estimators import Estimates, EstimatorConfig, estimate, is_psd, nearest_psd
@@ -173,6 +173,10 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
     if cfg.vol_target.enabled:
         w, lev, realised = vol_target.apply(w, window.to_numpy(dtype=float), ppy, cfg.vol_target)
         notes.append(f"vol_target: realised {realised:.4f}, leverage {lev:.4f}")
+    if cfg.sizing.mode != "none":  # last: its per-asset caps must hold on the final weights
+        edge = est.mu - cfg.risk_free_rate / ppy  # Kelly bets on the excess return per bar
+        w, cut = overlays.apply_sizing(w, edge, np.diag(est.cov), cfg.sizing, lc.assets)
+        notes.extend(cut)
     weights = {a: float(x) for a, x in zip(lc.assets, w, strict=True)}
     moved = None
     if previous is not None:

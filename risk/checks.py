@@ -1,9 +1,29 @@
 """Pre-trade checks: small pure functions run in one pipeline.
 
-Each check takes the order and what the gate knows of the market and returns None (pass) or a
-`Denial` with a reason code `CATEGORY_CONDITION` and the key=value facts behind it. The
-pipeline stops at the first denial. Nothing here raises on bad input: a NaN quantity is a
-denial, not an exception.
+Each check takes the order and a `GateContext` (what the gate knows: limits, the market as of
+the last bar, the trading state, the throttle windows, and for portfolio checks the book) and
+returns None (pass) or a `Denial` with a reason code `CATEGORY_CONDITION` and the key=value
+facts behind it. The pipeline stops at the first denial. Nothing here raises on bad input: a
+NaN quantity is a denial, not an exception, and a check that fails anyway is turned into
+`GATE_CHECK_FAILED` by `evaluate`.
+
+Two stages, cheapest first:
+
+* `ORDER_CHECKS` judge the order alone against the market: state HALTED, malformed orders,
+  market data, collar, size, exchange filters, duplicates, throttles. They apply to every
+  order, risk-reducing or not: a fat-fingered sell is as dangerous as a fat-fingered buy.
+* `PORTFOLIO_CHECKS` judge the book after this order and every working order: state REDUCING,
+  NAV, exposure, VaR/CVaR. An order that only reduces risk passes them.
+
+Reason codes (the README lists them with their meaning):
+STATE_HALTED STATE_REDUCING; ORDER_BAD_CLIENT_ID ORDER_BAD_SIDE ORDER_BAD_TYPE
+ORDER_BAD_QUANTITY ORDER_BAD_PRICE ORDER_UNKNOWN_SYMBOL; DATA_NO_PRICE DATA_STALE;
+PRICE_OUTSIDE_COLLAR; QUANTITY_ABOVE_MAX NOTIONAL_ABOVE_MAX VOLUME_UNKNOWN
+VOLUME_SHARE_ABOVE_MAX; FILTER_UNKNOWN_MARKET FILTER_PRICE_TICK FILTER_LOT_STEP FILTER_MIN_QTY
+FILTER_MAX_QTY FILTER_MIN_NOTIONAL FILTER_MAX_NOTIONAL; DUPLICATE_ORDER; THROTTLE_*;
+PORTFOLIO_NAV_INVALID; EXPOSURE_GROSS_ABOVE_MAX EXPOSURE_NET_ABOVE_MAX EXPOSURE_ASSET_ABOVE_MAX
+EXPOSURE_GROUP_ABOVE_MAX; VAR_UNAVAILABLE VAR_NOT_FINITE VAR_ABOVE_LIMIT CVAR_ABOVE_LIMIT;
+GATE_CHECK_FAILED GATE_INTERNAL_ERROR.
 """
 
 from __future__ import annotations
@@ -13,8 +33,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from daemon.events import OrderIntent, OrderType, Side
+from risk.exposure import Book, Group, exposure_violation
 from risk.limits import RiskLimits
+from risk.market_rules import MarketRules
+from risk.throttle import DuplicateFilter, MessageThrottle
+from risk.var import PreparedRisk, var_check
+
+ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,74 +51,295 @@ class Denial:
     context: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class MarketView:
-    """What the gate knows when it judges an order (refreshed on every bar)."""
+    """What the gate knows of the market, kept current bar by bar (nothing here is per order).
+    `last_seen` is in the gate's clock (wall or market time), for staleness."""
 
+    symbols: tuple[str, ...] = ()
+    index: dict[str, int] = field(default_factory=dict)
+    prices: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN before a first bar
     last_close: dict[str, float] = field(default_factory=dict)
+    avg_volume: dict[str, float] = field(default_factory=dict)
+    last_seen: dict[str, float] = field(default_factory=dict)
+    rules: dict[str, MarketRules] = field(default_factory=dict)
+
+    @classmethod
+    def for_symbols(cls, symbols: list[str] | tuple[str, ...]) -> MarketView:
+        syms = tuple(symbols)
+        return cls(symbols=syms, index={s: i for i, s in enumerate(syms)},
+                   prices=np.full(len(syms), np.nan))
 
 
-Check = Callable[[OrderIntent, MarketView, RiskLimits], Denial | None]
+@dataclass(slots=True)
+class VarView:
+    """One bar's VaR model over the assets with enough clean history (`covered`), and the
+    book's risk at that bar so orders need not recompute it while the book is unchanged."""
+
+    prepared: PreparedRisk | None = None
+    covered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    uncovered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    bars: int = 0
+    unavailable: str = "no bars yet"
+    book_values: np.ndarray | None = None
+    book_risk: tuple[float, float] | None = None
+
+
+@dataclass(slots=True)
+class OrderEffect:
+    """What the order does to the book: asset index, signed quantity, value at the last close."""
+
+    index: int
+    signed_qty: float
+    delta_value: float
+    reduces: bool
+
+
+@dataclass(slots=True)
+class GateContext:
+    """Everything one decision reads. The gate keeps one and refreshes `now`, `state`, `book`
+    and `effect` per order; the rest changes per bar."""
+
+    limits: RiskLimits
+    market: MarketView
+    throttle: MessageThrottle
+    duplicates: DuplicateFilter
+    var: VarView = field(default_factory=VarView)
+    groups: tuple[Group, ...] = ()
+    now: float = 0.0
+    stale_after_s: float = math.inf
+    state: str = ACTIVE
+    state_reason: str = ""
+    book: Book | None = None
+    effect: OrderEffect | None = None
+
+
+Check = Callable[[OrderIntent, GateContext], Denial | None]
+
+
+def order_price(intent: OrderIntent) -> Any:
+    """The price an order is judged at: its limit price, or for a market order the reference
+    price it was sized at."""
+    return intent.limit_price if intent.order_type is OrderType.LIMIT else intent.reference_price
+
+
+def signed_quantity(intent: OrderIntent) -> float:
+    return intent.quantity if intent.side is Side.BUY else -intent.quantity
 
 
 def _finite_positive(x: Any) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-def check_well_formed(intent: OrderIntent, market: MarketView, limits: RiskLimits
-                      ) -> Denial | None:
-    if intent.side not in (Side.BUY, Side.SELL):
+# ------------------------------------------------------------------------ order checks
+
+
+def check_halted(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    if ctx.state == HALTED:
+        return Denial("STATE_HALTED", {"reason": ctx.state_reason})
+    return None
+
+
+def check_well_formed(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    cid = intent.client_order_id
+    if not isinstance(cid, str) or not cid.strip():
+        return Denial("ORDER_BAD_CLIENT_ID", {"client_order_id": cid})
+    # isinstance, not ==: a plain "buy" string equals Side.BUY but would fail every `is` test
+    # downstream and be booked as a sell
+    if not isinstance(intent.side, Side):
         return Denial("ORDER_BAD_SIDE", {"side": intent.side})
+    if not isinstance(intent.order_type, OrderType):
+        return Denial("ORDER_BAD_TYPE", {"order_type": intent.order_type})
     if not _finite_positive(intent.quantity):
         return Denial("ORDER_BAD_QUANTITY", {"quantity": intent.quantity})
     if not _finite_positive(intent.reference_price):
         return Denial("ORDER_BAD_PRICE", {"reference_price": intent.reference_price})
     if intent.order_type is OrderType.LIMIT and not _finite_positive(intent.limit_price):
         return Denial("ORDER_BAD_PRICE", {"limit_price": intent.limit_price})
-    if intent.symbol not in market.last_close:
+    if not isinstance(intent.symbol, str) or intent.symbol not in ctx.market.index:
         return Denial("ORDER_UNKNOWN_SYMBOL", {"symbol": intent.symbol})
     return None
 
 
-def check_max_notional(intent: OrderIntent, market: MarketView, limits: RiskLimits
-                       ) -> Denial | None:
-    notional = intent.notional
-    if notional > limits.max_order_notional:
+def check_market_data(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    symbol = intent.symbol
+    if symbol not in ctx.market.last_close:
+        return Denial("DATA_NO_PRICE", {"symbol": symbol})
+    age = ctx.now - ctx.market.last_seen.get(symbol, -math.inf)
+    if age > ctx.stale_after_s:
+        return Denial("DATA_STALE", {"symbol": symbol, "age_s": round(age, 3),
+                                     "max_age_s": ctx.stale_after_s})
+    return None
+
+
+def check_price_collar(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    last = ctx.market.last_close[intent.symbol]
+    price = order_price(intent)
+    limit = ctx.limits
+    collar = limit.price_collar_buy_pct if intent.side is Side.BUY else \
+        limit.price_collar_sell_pct
+    deviation_pct = abs(price / last - 1.0) * 100.0
+    if deviation_pct > collar:
+        return Denial("PRICE_OUTSIDE_COLLAR", {"symbol": intent.symbol, "side": str(intent.side),
+                                               "price": price, "last_close": last,
+                                               "deviation_pct": round(deviation_pct, 3),
+                                               "collar_pct": collar})
+    return None
+
+
+def check_quantity(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    cap = ctx.limits.max_order_qty.get(intent.symbol)
+    source = "max_order_qty"
+    if cap is None:
+        # no per-symbol cap: the notional cap at the market's price, not the order's own
+        cap = ctx.limits.max_order_notional / ctx.market.last_close[intent.symbol]
+        source = "max_order_notional/last_close"
+    if intent.quantity > cap:
+        return Denial("QUANTITY_ABOVE_MAX", {"symbol": intent.symbol,
+                                             "quantity": intent.quantity,
+                                             "max": round(cap, 12), "source": source})
+    return None
+
+
+def check_notional(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    notional = intent.quantity * order_price(intent)
+    if notional > ctx.limits.max_order_notional:
         return Denial("NOTIONAL_ABOVE_MAX", {"symbol": intent.symbol,
                                              "notional": round(notional, 2),
-                                             "max": limits.max_order_notional})
+                                             "max": ctx.limits.max_order_notional})
     return None
 
 
-def check_price_collar(intent: OrderIntent, market: MarketView, limits: RiskLimits
-                       ) -> Denial | None:
-    last = market.last_close[intent.symbol]
-    price = intent.limit_price if intent.order_type is OrderType.LIMIT else \
-        intent.reference_price
-    assert price is not None
-    deviation_pct = abs(price / last - 1.0) * 100.0
-    if deviation_pct > limits.price_collar_pct:
-        return Denial("PRICE_OUTSIDE_COLLAR", {"symbol": intent.symbol, "price": price,
-                                               "last_close": last,
-                                               "deviation_pct": round(deviation_pct, 3),
-                                               "collar_pct": limits.price_collar_pct})
+def check_volume_share(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    avg = ctx.market.avg_volume.get(intent.symbol, 0.0)
+    if not avg > 0.0:  # also NaN: no volume, no way to size against it
+        return Denial("VOLUME_UNKNOWN", {"symbol": intent.symbol, "avg_volume": avg})
+    share = intent.quantity / avg
+    if share > ctx.limits.max_volume_share:
+        return Denial("VOLUME_SHARE_ABOVE_MAX", {
+            "symbol": intent.symbol, "quantity": intent.quantity,
+            "avg_bar_volume": round(avg, 8), "share": round(share, 6),
+            "max": ctx.limits.max_volume_share, "bars": ctx.limits.volume_window_bars})
     return None
 
 
-PIPELINE: tuple[Check, ...] = (check_well_formed, check_max_notional, check_price_collar)
+def check_exchange_filters(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    rules = ctx.market.rules.get(intent.symbol)
+    if rules is None:
+        return Denial("FILTER_UNKNOWN_MARKET", {"symbol": intent.symbol})
+    price = order_price(intent)
+    if intent.order_type is OrderType.LIMIT and not rules.is_on_tick(price):
+        return Denial("FILTER_PRICE_TICK", {"symbol": intent.symbol, "price": price,
+                                            "tick": rules.price_tick})
+    violation = rules.violation(intent.quantity, price)
+    if violation is not None:
+        code, context = violation
+        return Denial(code, {"symbol": intent.symbol, **context})
+    return None
 
 
-def evaluate(intent: OrderIntent, market: MarketView, limits: RiskLimits,
-             pipeline: tuple[Check, ...] = PIPELINE) -> Denial | None:
+def check_duplicate(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    v = ctx.duplicates.check(intent.symbol, intent.side.value, intent.quantity,
+                             intent.client_order_id, intent.decision_id, ctx.now)
+    return None if v is None else Denial(v[0], {"client_order_id": intent.client_order_id, **v[1]})
+
+
+def check_throttle(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    v = ctx.throttle.check_order(intent.symbol, ctx.now)
+    return None if v is None else Denial(v[0], v[1])
+
+
+# -------------------------------------------------------------------- portfolio checks
+
+
+def check_reducing(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    assert ctx.effect is not None and ctx.book is not None
+    if ctx.state == REDUCING and not ctx.effect.reduces:
+        return Denial("STATE_REDUCING", {
+            "reason": ctx.state_reason, "symbol": intent.symbol,
+            "position": float(ctx.book.qty[ctx.effect.index]),
+            "after": float(ctx.book.qty[ctx.effect.index]) + ctx.effect.signed_qty})
+    return None
+
+
+def check_nav(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    assert ctx.effect is not None and ctx.book is not None
+    if not ctx.book.nav_valid and not ctx.effect.reduces:
+        # NaN compares False with every cap: without this, a broken NAV would pass everything
+        return Denial("PORTFOLIO_NAV_INVALID", {"nav": ctx.book.nav})
+    return None
+
+
+def check_exposure(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    book, effect = ctx.book, ctx.effect
+    assert effect is not None and book is not None
+    if not book.nav_valid:
+        return None  # only a reducing order gets here (check_nav)
+    v = exposure_violation(book, effect.index, effect.delta_value, ctx.limits, ctx.groups,
+                           intent.symbol)
+    return None if v is None else Denial(v[0], v[1])
+
+
+def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    book, effect, view = ctx.book, ctx.effect, ctx.var
+    assert effect is not None and book is not None
+    if not book.nav_valid:
+        return None
+    prepared = view.prepared
+    if prepared is None:
+        if effect.reduces:
+            return None
+        return Denial("VAR_UNAVAILABLE", {"reason": view.unavailable, "bars": view.bars,
+                                          "min_bars": ctx.limits.var_min_bars})
+    pos = int(view.position[effect.index])
+    if pos < 0 or (view.uncovered.size and bool(np.any(book.values[view.uncovered] != 0.0))):
+        # a position the model cannot see would make VaR look smaller than it is
+        if effect.reduces:
+            return None
+        missing = [ctx.market.symbols[j] for j in view.uncovered
+                   if j == effect.index or book.values[j] != 0.0]
+        return Denial("VAR_UNAVAILABLE", {"reason": "no clean return history",
+                                          "symbols": missing, "bars": view.bars})
+    before = book.values[view.covered]
+    after = before.copy()
+    after[pos] += effect.delta_value
+    risk_before = None
+    if view.book_values is not None and np.array_equal(before, view.book_values):
+        risk_before = view.book_risk  # the book's risk, computed once this bar
+    out = var_check(prepared, before, after, book.nav, ctx.limits.var, risk_before=risk_before)
+    if out is None:
+        return None
+    code, context = out
+    return Denial(code, {"symbol": intent.symbol, **context})
+
+
+ORDER_CHECKS: tuple[Check, ...] = (
+    check_halted, check_well_formed, check_market_data, check_price_collar, check_quantity,
+    check_notional, check_volume_share, check_exchange_filters, check_duplicate, check_throttle)
+PORTFOLIO_CHECKS: tuple[Check, ...] = (check_reducing, check_nav, check_exposure, check_var)
+
+
+def evaluate(intent: OrderIntent, ctx: GateContext,
+             pipeline: tuple[Check, ...] = ORDER_CHECKS) -> Denial | None:
     for check in pipeline:
         try:
-            denial = check(intent, market, limits)
+            denial = check(intent, ctx)
         except Exception as exc:  # a check must never take the gate down
             return Denial("GATE_CHECK_FAILED", {"check": check.__name__,
                                                 "error": f"{type(exc).__name__}: {exc}"})
         if denial is not None:
             return denial
     return None
+
+
+def order_effect(intent: OrderIntent, ctx: GateContext, book: Book) -> OrderEffect:
+    """Call only after ORDER_CHECKS passed (symbol known, quantity finite, price known)."""
+    i = ctx.market.index[intent.symbol]
+    signed = signed_quantity(intent)
+    return OrderEffect(index=i, signed_qty=signed,
+                       delta_value=signed * ctx.market.last_close[intent.symbol],
+                       reduces=book.reduces(i, signed))
 
 
 def as_context(mapping: Mapping[str, Any]) -> str:

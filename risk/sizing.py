@@ -14,7 +14,8 @@ from typing import Literal
 @dataclass(frozen=True)
 class SizingConfig:
     mode: Literal["none", "fixed_fractional", "kelly"] = field(default="none", metadata={
-        "doc": "sizing overlay applied to strategy signals: none, fixed_fractional or kelly"})
+        "doc": "per-asset cap on the solved weights: none, fixed_fractional (w <= "
+               "risk_fraction / stop_distance) or kelly (w <= kelly_fraction * mu / sigma^2)"})
     risk_fraction: float = field(default=0.01, metadata={
         "doc": "fixed_fractional: fraction of equity lost if the stop is hit (R)",
         "min": 0.0, "max": 0.2, "exclusive_min": True})
@@ -24,6 +25,9 @@ class SizingConfig:
     cap: float = field(default=1.0, metadata={
         "doc": "largest position as a fraction of equity any overlay may return",
         "min": 0.0, "exclusive_min": True})
+    stop_distance: float = field(default=0.05, metadata={
+        "doc": "fixed_fractional: distance from entry to the stop, as a fraction of price "
+               "(0.05 = a stop 5% away)", "min": 0.0, "max": 1.0, "exclusive_min": True})
 
 
 def fixed_fractional(equity: float, risk_fraction: float, entry: float, stop: float,

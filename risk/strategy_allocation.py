@@ -1,14 +1,17 @@
 """Allocation across strategies: each "asset" is a strategy's daily return stream.
 
-Proposed file format (the lead's watcher parses files; this module only takes parsed data):
+File format (read and validated by `adapters/strategy_files.py`, whose docstring has every
+rule; this module only takes parsed data):
 
 * one CSV per strategy, `strategies/<name>/returns.csv`, header `date,return`: ISO date
   (UTC day) and that day's simple return of the strategy's own equity at 1x, e.g.
   `2022-10-09,0.0123`; one row per day, no gaps (a flat day is 0.0).
 * current positions per strategy, `strategies/<name>/positions.json`:
-  `{"as_of": "2022-10-10T00:00:00Z", "positions": {"BTC/USDT": 0.5, "ETH/USDT": -0.25}}`,
-  each value the strategy's position in that market as a fraction of its own capital, signed.
-  (Equivalent CSV: `symbol,position`.)
+  `{"as_of": "2022-10-10T00:00:00Z", "positions": {"BTC/USDT": 0.5, "ETH/USDT": 0.25}}`,
+  each value the strategy's position in that market as a fraction of its own capital, signed;
+  negative (short) positions are refused on a spot account.
+The daemon side (`daemon/strategy_targets.py`) turns these into coin weights
+leverage × Σ_s w_s × position[s, coin] and publishes them as TargetWeights.
 
 Objective: maximise slope / std of the combined cumulative-return curve over the last N days,
 c_t = sum_{s<=t} r_s(w), where slope is the OLS slope of c on t and std is the standard deviation

@@ -1,9 +1,11 @@
 """From target weights to the orders that reach them: pure arithmetic, no I/O.
 
-Quantities go through each market's lot step (always rounded towards trading less), trades too
-small to matter or below the exchange's minimum are skipped, a sell that would leave unsellable
-dust sells the whole position, and sells come first so their proceeds fund the buys. Buys are
-scaled down together if the cash after sells cannot pay for them and their fees.
+Quantities come from the discrete-allocation rules (`risk.discrete`): each market's lot step
+(always rounded towards trading less), the exchange's minimums, and a sell that would leave
+unsellable dust sells the whole position. On top: trades too small to matter are skipped, sells
+come first so their proceeds fund the buys, buys are scaled down together if the cash already
+held cannot pay for them and their fees, large orders are split into child orders, and marketable
+limit prices are rounded to the tick.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from daemon.events import Side
+from risk.discrete import allocate
 from risk.market_rules import MarketRules
 
 
@@ -47,30 +50,29 @@ def plan_orders(*, nav: float, cash: float, positions: Mapping[str, float],
                 max_child_notional: float = float("inf")) -> TradePlan:
     """Orders that move `positions` to `targets` × `nav`.
 
-    Buys are funded only from cash already held (less fees and `price_buffer`, room for the
-    price to move before the fill): sell proceeds arrive when the sells fill, so buying with
-    them now would be refused by the venue. When that limits the buys, `buys_deferred` tells the
-    caller to finish the job once the sells have filled."""
+    Lot steps, exchange minimums and the dust rule are `risk.discrete.allocate`'s; on top of it
+    trades below `min_trade_notional` are dropped and buys are funded only from `cash` already
+    held (less fees and `price_buffer`, room for the price to move before the fill): sell
+    proceeds arrive when the sells fill, so buying with them now would be refused by the venue.
+    When that limits the buys, `buys_deferred` tells the caller to finish the job once the sells
+    have filled. Markets without a price or rules are left alone."""
+    names = [s for s in sorted(set(targets) | {s for s, q in positions.items() if q})
+             if prices.get(s) and s in rules]
+    held = {s: positions[s] for s in names if positions.get(s)}
+    invested = sum(q * prices[s] for s, q in held.items())
+    # equity = nav: cash net of what working orders will pay or raise (positions count them)
+    wanted = allocate({s: targets.get(s, 0.0) for s in names}, prices, rules,
+                      cash=nav - invested, holdings=held, fee_rate=fee_rate)
     sells: list[PlannedOrder] = []
     buys: list[PlannedOrder] = []
-    for symbol in sorted(set(targets) | {s for s, q in positions.items() if q}):
-        price = prices.get(symbol)
-        rule = rules.get(symbol)
-        if not price or rule is None:
+    for symbol, signed in wanted.orders.items():
+        order = PlannedOrder(symbol, Side.BUY if signed > 0 else Side.SELL, abs(signed),
+                             prices[symbol])
+        if order.notional < min_trade_notional:
             continue
-        held = positions.get(symbol, 0.0)
-        delta_value = targets.get(symbol, 0.0) * nav - held * price
-        qty = rule.floor_qty(abs(delta_value) / price)
-        if delta_value < 0:
-            qty = min(qty, rule.floor_qty(held))
-            left = held - qty
-            if left > 0 and (left < rule.min_qty or left * price < rule.min_notional):
-                qty = rule.floor_qty(held)  # never leave dust we could not sell later
-        if qty <= 0 or qty * price < max(min_trade_notional, rule.min_notional) \
-                or qty < rule.min_qty:
-            continue
-        order = PlannedOrder(symbol, Side.SELL if delta_value < 0 else Side.BUY, qty, price)
-        (sells if order.side is Side.SELL else buys).append(order)
+        (buys if order.side is Side.BUY else sells).append(order)
+    sells.sort(key=lambda o: o.symbol)
+    buys.sort(key=lambda o: o.symbol)
     budget = max(cash, 0.0)
     need = sum(o.notional for o in buys) * (1 + fee_rate + price_buffer)
     deferred = False
@@ -81,12 +83,39 @@ def plan_orders(*, nav: float, cash: float, positions: Mapping[str, float],
         for o in buys:
             rule = rules[o.symbol]
             qty = rule.floor_qty(o.quantity * scale)
-            if qty > 0 and qty * o.reference_price >= max(min_trade_notional, rule.min_notional):
+            if qty > 0 and qty >= rule.min_qty \
+                    and qty * o.reference_price >= max(min_trade_notional, rule.min_notional):
                 scaled.append(PlannedOrder(o.symbol, o.side, qty, o.reference_price))
         buys = scaled
     orders = [child for o in sells + buys
               for child in split(o, rules[o.symbol], max_child_notional)]
     return TradePlan(orders=orders, buys_deferred=deferred)
+
+
+def weights_after(plan: TradePlan, nav: float, positions: Mapping[str, float],
+                  prices: Mapping[str, float]) -> dict[str, float]:
+    """Weights once every planned order fills at its reference price (fees ignored): what the
+    plan really reaches after lot rounding and skipped small trades."""
+    qty = dict(positions)
+    for o in plan.orders:
+        qty[o.symbol] = qty.get(o.symbol, 0.0) + (o.quantity if o.side is Side.BUY
+                                                  else -o.quantity)
+    if nav <= 0:
+        return {s: 0.0 for s in qty}
+    return {s: q * prices.get(s, 0.0) / nav for s, q in qty.items()}
+
+
+def limit_price(side: Side, reference: float, offset_bps: float, rule: MarketRules) -> float:
+    """A marketable limit: `offset_bps` through the reference (above it for a buy, below for a
+    sell), rounded to the tick away from the market so rounding never eats the offset."""
+    raw = reference * (1 + offset_bps / 10_000.0 if side is Side.BUY else
+                       1 - offset_bps / 10_000.0)
+    price = rule.round_price(raw)
+    if side is Side.BUY and price < raw:
+        price = rule.round_price(price + rule.price_tick)
+    elif side is Side.SELL and price > raw:
+        price = rule.round_price(price - rule.price_tick)
+    return price
 
 
 def split(order: PlannedOrder, rule: MarketRules, max_notional: float) -> list[PlannedOrder]:

@@ -19,3 +19,13 @@ def shared_data() -> Path:
             pytest.fail(f"CI=true but the shared market data is missing at {SHARED_DATA}")
         pytest.skip(f"shared market data not found at {SHARED_DATA} (clone beside ../shared)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    """A test that points structlog at its own (later closed) stream must not leak that
+    configuration into the tests after it."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
