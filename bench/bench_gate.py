@@ -182,10 +182,15 @@ def reference_loop_us(reps: int = 2000) -> float:
 def run(orders: int = 5000) -> dict[str, Any]:
     import structlog
 
-    # rejections log a warning: keep the bench's output to the table
+    # rejections log a warning: keep the bench's output to the table, then put logging back
+    # for whatever the suite runner does next
+    saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(50))
-    reference = reference_loop_us()
-    rows = [bench_case(n, model, orders) for n, model in CASES]
+    try:
+        reference = reference_loop_us()
+        rows = [bench_case(n, model, orders) for n, model in CASES]
+    finally:
+        structlog.configure(**saved)
     at50 = next(r for r in rows if r["assets"] == 50 and r["model"] == "parametric_ewma")
     return {"name": "risk_gate", "rows": rows, "goal_p99_us": GOAL_P99_US,
             "goal_met": at50["p99_us"] < GOAL_P99_US, "reference_loop_us": reference}

@@ -153,6 +153,7 @@ class Daemon:
             self.bus, self.portfolio, self.oms, self.journal, self.symbols,
             cfg.market.interval_s, cfg.rebalance, cfg.allocation, self.venue.markets,
             self.solver, fee_rate=cfg.venue.paper.fee_bps / 10_000.0, **extra)
+        self.rebalancer.trading_state = lambda: self.gate.state.value
         self.timestamps = 0
         self.start_nav: float | None = None
         self.services: list[Service] = [self.gate]  # the gate's stale-data heartbeat

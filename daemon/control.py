@@ -85,6 +85,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,10 +134,14 @@ class ControlServer:
             uid = _peer_uid(writer)
             if uid is not None and uid not in (os.geteuid(), 0):
                 log.warning("control_peer_refused", uid=uid)
+                # read (and ignore) the request first: closing on unread data could reset the
+                # connection before the client sees why
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(reader.readline(), 5.0)
                 await self._reply(writer, {"ok": False, "error": f"uid {uid} may not control "
                                                                  f"this daemon"})
                 return
-            while True:
+            while not self._closing:
                 try:
                     line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
                 except (TimeoutError, ConnectionError):
@@ -184,11 +189,13 @@ class ControlServer:
             await writer.drain()
 
     async def stop(self) -> None:
+        self._closing = True  # a cancel that wait_for swallows still ends the client loop
         if self._server is not None:
             self._server.close()
             for task in list(self._clients):
                 task.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            if self._clients:
+                await asyncio.wait(set(self._clients), timeout=2.0)
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None

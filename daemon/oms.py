@@ -483,14 +483,16 @@ class OMS:
             self._set_state(order, S.PENDING_CANCEL, reason=reason)
             try:
                 view = await self.venue.cancel(client_order_id, order.intent.symbol)
-            except OrderNotFound:
-                self._set_state(order, S.CANCELLED, reason=f"{reason}; the venue does not "
-                                "know the order")
-                return
             except VenueError as exc:
+                # learn the truth, so PENDING_CANCEL does not linger; "unknown order" is also
+                # what Binance answers for an order that has just filled
                 log.warning("cancel_failed", client_order_id=client_order_id, error=str(exc))
-                try:  # learn the truth, so PENDING_CANCEL does not linger
+                try:
                     view = await self.venue.fetch_order(client_order_id, order.intent.symbol)
+                except OrderNotFound:
+                    self._set_state(order, S.CANCELLED, reason=f"{reason}; the venue does not "
+                                    "know the order")
+                    return
                 except VenueError:
                     return
             await self._adopt(order, view)

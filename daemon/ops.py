@@ -11,9 +11,12 @@ health-gated WATCHDOG, STOPPING first thing at shutdown: it is registered last, 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import time
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -65,6 +68,7 @@ class Ops:
         self.observer = EventObserver()
         self.observer.subscribe(daemon.bus)
         self.lag = LoopLagMonitor()
+        self.feed = daemon.feed  # the source itself: start-up may wrap daemon.feed for a resume
         speed = getattr(getattr(daemon.feed, "cfg", None), "speed", None)
         self.auto_stale_s = auto_stale_after(
             cfg.market.interval_s, speed if isinstance(speed, int | float) else None)
@@ -77,6 +81,7 @@ class Ops:
                                        on_end=self.notifier.reloaded)
         self.control = ControlServer(socket_path(cfg.control, cfg.state_path), self.commands())
         self.http = HttpServer(cfg.http, self.health, self.metrics)
+        self.lock: StateLock | None = None
 
     def services(self) -> list[Any]:
         return [self.lag, self.reloader, self.control, self.http, self.notifier]
@@ -104,7 +109,7 @@ class Ops:
         return snapshot(self.daemon, observer=self.observer, lag=self.lag,
                         health=self.health(), trading=self.trading(),
                         reloads=self.reloader.results, started=self.daemon.started.is_set(),
-                        started_at=self.started_at)
+                        started_at=self.started_at, feed=self.feed)
 
     def metrics(self) -> str:
         return render_prometheus(self.snapshot())
@@ -191,7 +196,39 @@ def preflight(cfg: Config, *, export_keys: bool = False) -> Credentials | None:
     return credentials
 
 
+class StateLock:
+    """An exclusive lock on the state directory, held for the life of the process (the kernel
+    drops it if the process dies): two daemons on one journal would trade twice."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path / "tradingd.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(f"another tradingd holds {self.path}: two daemons must not "
+                               f"share a state directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for an operator wondering who holds it
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 def attach(daemon: Daemon, config_path: str) -> Ops:
+    """Before `daemon.run()`: take the state directory's lock (before the venue or the
+    reconciler is touched), then register the services."""
+    lock = StateLock(daemon.cfg.state_path)
+    lock.acquire()
     ops = Ops(daemon, config_path)
+    ops.lock = lock
     daemon.services.extend(ops.services())
     return ops

@@ -142,6 +142,10 @@ class Rebalancer:
         self._cov_cache: tuple[int, tuple[list[str], np.ndarray] | None] | None = None
         # targets come from set_external_targets (daemon/strategy_targets.py): never solve
         self.external_targets = False
+        # the risk gate's trading state (ACTIVE | REDUCING | HALTED), wired by the app: orders
+        # the gate would refuse anyway are not proposed, so a halt does not become a flood of
+        # rejections (and the rejection-burst rule is kept for real trouble)
+        self.trading_state: Callable[[], str] = lambda: "ACTIVE"
 
     # -- operator ---------------------------------------------------------------------------
     def request_rebalance(self, reason: str) -> str:
@@ -413,8 +417,15 @@ class Rebalancer:
                 self._skip(Skip("cooldown", f"{left} bars left; trigger: {'; '.join(reasons)}"),
                            check)
                 return
+        state = str(self.trading_state())
+        if state == "HALTED" and not forced:
+            self._skip(Skip("trading_halted", "the risk gate is HALTED: no new orders; "
+                            f"trigger: {'; '.join(reasons)}"), check)
+            return
         goal = self._policy_weights(mode, current, targets, bands)
         plan = self._plan(goal)
+        if state == "REDUCING":
+            plan = self._reducing_only(plan)
         if not plan.orders:
             self._skip(Skip("nothing_to_trade", "every trade is below the minimum notional or "
                             f"one lot; trigger: {'; '.join(reasons)}"), check)
@@ -482,11 +493,23 @@ class Rebalancer:
                            fee_rate=self.fee_rate, price_buffer=buffer,
                            max_child_notional=self.cfg.max_child_notional)
 
+    def _reducing_only(self, plan: TradePlan) -> TradePlan:
+        """REDUCING: keep only orders that move a position toward zero, no further."""
+        positions = self._effective_positions()
+        kept = [o for o in plan.orders
+                if (o.side is Side.SELL and positions.get(o.symbol, 0.0) >= o.quantity)
+                or (o.side is Side.BUY and -positions.get(o.symbol, 0.0) >= o.quantity)]
+        return TradePlan(orders=kept, buys_deferred=False)
+
     def _complete(self, ts: datetime) -> None:
         """The buys of a decision that had to wait for its sells' proceeds."""
         assert self._completion is not None
         decision, goal = self._completion
         self._completion = None
+        if str(self.trading_state()) != "ACTIVE":
+            log.info("completion_skipped", decision_id=decision,
+                     reason=f"trading state {self.trading_state()}: no new buys")
+            return
         full = self._plan(goal)
         # only the buys: the sells are done, and selling again for the few bps prices moved
         # since would defer the buys once more, every bar, without end

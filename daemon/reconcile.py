@@ -9,9 +9,8 @@ Start-up runs before the first bar, so before any new order:
 4. one reconciliation pass, and the bus settled so the portfolio has every fill it found.
 
 A pass:
-1. the venue's balances, then its trades since the watermark (so every trade the balances
-   reflect is in the list); trades the journal lacks are booked through the OMS's normal trade
-   path (journal, then Fill to the portfolio);
+1. the venue's trades since the watermark: those the journal lacks are booked through the
+   OMS's normal trade path (journal, then Fill to the portfolio);
 2. UNKNOWN orders: asked for by client order id; found -> adopted with their trades; never
    received -> sent again with the same id if recent (`oms.resend_max_age_s`), else expired;
 3. the venue's open orders: ours -> their state adopted; unknown to the journal ->
@@ -19,7 +18,9 @@ A pass:
    journal -> an issue;
 4. working orders missing from the open list -> their final state fetched (filled or
    cancelled while we were away); one the venue no longer knows -> an issue;
-5. positions: opening balances + journaled fills against the venue's balances. A difference
+5. positions: the venue's balances are read, then its trades booked once more (so every trade
+   those balances reflect is journaled), then opening balances + journaled fills are compared
+   with them. A difference
    beyond `oms.position_tolerance_lots` lot steps (or `oms.cash_tolerance` for cash) halts
    trading with a report naming each asset, instead of trading on a wrong view. While running,
    a difference must still be there a moment later (fills in flight cause passing ones).

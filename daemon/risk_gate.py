@@ -352,6 +352,7 @@ class RiskGate:
             return
         view.covered = covered
         view.uncovered = np.flatnonzero(~clean)
+        view.all_covered = view.uncovered.size == 0
         position = np.full(len(self.symbols), -1, dtype=np.intp)
         position[covered] = np.arange(covered.size)
         view.position = position
@@ -361,8 +362,8 @@ class RiskGate:
         view = self.ctx.var
         if view.prepared is None or not book.nav_valid:
             return
-        values = book.values[view.covered].copy()
-        view.book_values = values
+        values = book.values[view.covered]
+        view.book_values = values.tobytes()
         view.book_risk = view.prepared.var(values)
 
     # -- the book -------------------------------------------------------------------------

@@ -78,9 +78,25 @@ def risk_usage(daemon: Daemon) -> dict[str, Any]:
     return out
 
 
+def reconnect_counts(feed: Any, venue: Any) -> dict[str, int]:
+    """Reconnections of the market-data stream and of the venue's user data stream, from the
+    counters those adapters keep (`stats()`); nothing for the in-process feeds and venue."""
+    out = {}
+    for name, obj, key in (("feed", feed, "reconnects"),
+                           ("venue", venue, "user_stream_reconnects")):
+        stats = getattr(obj, "stats", None)
+        try:
+            value = stats().get(key, 0) if callable(stats) else None
+        except Exception:  # a status request must not fail on an adapter's counters
+            value = None
+        if isinstance(value, int):
+            out[name] = value
+    return out
+
+
 def snapshot(daemon: Daemon, *, observer: EventObserver, lag: LoopLagMonitor, health: Health,
              trading: dict[str, Any], reloads: dict[str, int], started: bool,
-             started_at: float) -> dict[str, Any]:
+             started_at: float, feed: Any = None) -> dict[str, Any]:
     p, rb, oms = daemon.portfolio, daemon.rebalancer, daemon.oms
     symbols = daemon.symbols
     targets = dict(rb.targets or {})
@@ -102,9 +118,6 @@ def snapshot(daemon: Daemon, *, observer: EventObserver, lag: LoopLagMonitor, he
         "age_s": max(now - o.intent.ts.timestamp(), 0.0)} for o in oms.working()]
     ages = observer.bar_ages()
     c = daemon.counters
-    feed, venue = daemon.feed, daemon.venue
-    reconnects = {name: int(n) for name, obj in (("feed", feed), ("venue", venue))
-                  if isinstance(n := getattr(obj, "reconnects", None), int)}
     return {
         "at": datetime.now(UTC).isoformat(), "pid": os.getpid(), "mode": daemon.cfg.daemon.mode,
         "started": started, "uptime_s": round(time.monotonic() - started_at, 1),
@@ -130,7 +143,9 @@ def snapshot(daemon: Daemon, *, observer: EventObserver, lag: LoopLagMonitor, he
                          "overflowed": s.stats.overflowed, "high_water": s.stats.high_water}
                 for s in daemon.bus.subscribers},
         "loop": {"lag_s": lag.last, "lag_max_s": lag.window_max()},
-        "reconnects": reconnects, "reloads": dict(reloads),
+        "reconnects": reconnect_counts(feed if feed is not None else daemon.feed,
+                                       daemon.venue),
+        "reloads": dict(reloads),
     }
 
 
@@ -174,7 +189,8 @@ def render(snap: dict[str, Any]) -> str:
     for pos in snap["positions"]:
         bar = snap["bars"].get(pos["symbol"], {})
         lines.append(
-            f"{pos['symbol']:<12} {pos['quantity']:>14.8g} {_money(pos['price']):>12} "
+            # rounded: a sold-out position may keep float dust like 1e-13
+            f"{pos['symbol']:<12} {round(pos['quantity'], 10):>14.8g} {_money(pos['price']):>12} "
             f"{_money(pos['value']):>14} {_pct(pos['weight']):>8} {_pct(pos['target']):>8} "
             f"{_pct(pos['drift'], signed=True):>8}  {_age(bar.get('age_s')) + ' ago':<8} "
             f"{bar.get('bar_ts') or '-'}")
@@ -195,7 +211,7 @@ def render(snap: dict[str, Any]) -> str:
         u, lim = r.get(used), r.get(limit)
         if u is None and lim is None:
             continue
-        share = f"  ({u / lim:.0%} of limit)" if u is not None and lim else ""
+        share = f"  ({u / lim:.0%} of limit)" if u is not None and u > 0 and lim else ""
         lines.append(f"  {label:<16} {_pct(u):>8} / {_pct(lim):<8}{share}")
     if r.get("var_unavailable"):
         lines.append(f"  VaR unavailable: {r['var_unavailable']}")

@@ -82,8 +82,9 @@ class VarView:
     position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     bars: int = 0
     unavailable: str = "no bars yet"
-    book_values: np.ndarray | None = None
+    book_values: bytes | None = None  # the covered values' bytes: equality is a memcmp
     book_risk: tuple[float, float] | None = None
+    all_covered: bool = False
 
 
 @dataclass(slots=True)
@@ -301,11 +302,11 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
                    if j == effect.index or book.values[j] != 0.0]
         return Denial("VAR_UNAVAILABLE", {"reason": "no clean return history",
                                           "symbols": missing, "bars": view.bars})
-    before = book.values[view.covered]
+    before = book.values if view.all_covered else book.values[view.covered]
     after = before.copy()
     after[pos] += effect.delta_value
     risk_before = None
-    if view.book_values is not None and np.array_equal(before, view.book_values):
+    if view.book_values is not None and before.tobytes() == view.book_values:
         risk_before = view.book_risk  # the book's risk, computed once this bar
     out = var_check(prepared, before, after, book.nav, ctx.limits.var, risk_before=risk_before)
     if out is None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,34 @@ async def test_socket_is_owner_only_and_speaks_json_lines(server: ControlServer)
     assert (await asyncio.to_thread(raw, b'{"args": {}}\n'))["ok"] is False
     assert (await asyncio.to_thread(raw, b"x" * (70 * 1024) + b"\n"))["error"] == \
         "request too long"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to connect as another user) and /usr/bin/python3")
+async def test_other_users_are_refused_even_if_the_mode_were_loosened() -> None:
+    # a directory another user can reach (pytest's own tmp dirs are root-only)
+    base = Path(tempfile.mkdtemp(prefix="tradingd-ctl-"))
+    try:
+        base.chmod(0o755)
+        server = ControlServer(base / "state" / "control.sock", {"echo": _echo})
+        await server.start()
+        client = ("import json, socket, sys\n"
+                  "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                  "s.sendall(b'{\"command\": \"echo\"}\\n'); print(s.makefile().readline())")
+
+        def as_nobody() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["/usr/bin/python3", "-c", client, str(server.path)],
+                                  user=65534, capture_output=True, text=True, timeout=30)
+
+        assert "Permission denied" in (await asyncio.to_thread(as_nobody)).stderr
+        server.path.parent.chmod(0o755)
+        server.path.chmod(0o666)  # as if a permissive umask or directory had slipped through
+        proc = await asyncio.to_thread(as_nobody)
+        assert json.loads(proc.stdout) == {"ok": False,
+                                           "error": "uid 65534 may not control this daemon"}
+        await server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_second_daemon_on_same_state_dir_is_refused(server: ControlServer) -> None:
@@ -171,6 +201,16 @@ async def _until(predicate: Any, timeout: float = 30.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def test_second_daemon_refused_before_it_touches_anything(
+        running: tuple[Daemon, Ops]) -> None:
+    daemon, ops = running
+    twin = Daemon(daemon.cfg)
+    with pytest.raises(RuntimeError, match="two daemons must not share a state directory"):
+        attach(twin, daemon.cfg.path)  # before run(): no venue, no reconciliation
+    twin.journal.close()
+    assert ops.lock is not None and ops.lock.path.read_text().strip() == str(os.getpid())
 
 
 async def test_status_halt_resume_rebalance_cancel(running: tuple[Daemon, Ops]) -> None:

@@ -232,7 +232,7 @@ def kill_cycles(config: Path, env: dict[str, str], kills: int, rng: random.Rando
     proc, watch = start(config, stderr, env)
     assert watch.wait_for("started", 1, 60)
     assert watch.wait_for("rebalance", 1, 30)
-    time.sleep(1.6)  # periodic reconciliations (every 0.5 s) run while it trades
+    time.sleep(1.2)  # periodic reconciliations (every 0.5 s) run while it trades
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     code = proc.wait(30)

@@ -64,6 +64,10 @@ def test_health_rules_with_a_fake_clock() -> None:
     observer.on_bar(_bar())
     lag.record(2.5)  # the loop was blocked for 2.5 s
     assert monitor.check().reasons == ["loop lag 2.50s > 1s"]
+    assert monitor.check().details["loop_lag_max_s"] == 2.5
+    lag.record(0.01)  # and runs on time again: healthy, the stall stays in the details
+    assert monitor.check().ok and monitor.check().details["loop_lag_max_s"] == 2.5
+    lag.record(2.5)
     clock.t += 61  # the blocked moment leaves the one-minute window, but the monitor went quiet
     observer.on_bar(_bar())
     assert any("monitor silent" in r for r in monitor.check().reasons)

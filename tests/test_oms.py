@@ -14,6 +14,7 @@ import pytest
 from adapters.paper import PaperVenue, PaperVenueConfig
 from adapters.venue import (
     AuthenticationVenueError,
+    OrderNotFound,
     OrderRequest,
     TransientVenueError,
     VenueError,
@@ -394,6 +395,23 @@ async def test_cancel_all_stops_orders_not_yet_sent_and_waits_for_sends(rig: Rig
     assert states == {"live": S.CANCELLED, "queued": S.CANCELLED, "retrying": S.CANCELLED}
     assert rig.journal.order("queued").reason == "operator (before it was sent)"
     assert "queued" not in {s.client_order_id for s in rig.paper.submissions()}
+
+
+async def test_unknown_order_on_cancel_is_checked_before_believing_it(rig: Rig) -> None:
+    await rig.send(intent("filled", qty=2.0))
+    rig.paper._trade_listeners.clear()
+    rig.paper._order_listeners.clear()
+    rig.venue.on_bars(bars(1))  # it fills; the reports are slow
+    rig.venue.script("cancel", OrderNotFound("Unknown order sent."))  # Binance, after a fill
+    await rig.oms.cancel("filled", "operator")
+    await rig.bus.settle()
+    assert rig.oms.orders["filled"].state is S.FILLED  # not CANCELLED: the venue was asked
+    assert rig.journal.order("filled").filled == 2.0
+    rig.journal.record_intent(intent("ghost"), S.PENDING_NEW, T0)
+    ghost = rig.oms._from_row(rig.journal.order("ghost"))
+    ghost.state = S.ACCEPTED  # an order the venue has no trace of at all
+    await rig.oms.cancel("ghost", "operator")
+    assert rig.journal.order("ghost").reason == "operator; the venue does not know the order"
 
 
 async def test_shutdown_cancels_working_orders_and_refuses_new_ones(tmp_path: Path) -> None:

@@ -199,6 +199,9 @@ async def scenario(tmp_path: Path, config_text: str,
                 metrics = await r.text()
                 printed.append(metrics)
                 assert re.search(r"^tradingd_nav [0-9.e+]+$", metrics, re.M)
+                if "testnet" in config_text:  # the websocket links report their reconnects
+                    assert re.search(r'^tradingd_reconnects_total\{component="feed"\} \d+$',
+                                     metrics, re.M), metrics
 
         # an operator pastes the secret into a halt reason: it must not reach the log
         halt = await asyncio.to_thread(cli, config, "halt", "--reason",
