@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from adapters.ccxt_exchange import StreamConfig
+from adapters.tasks import stop_task
 from adapters.throttle import Backoff
 from adapters.venue import AuthenticationVenueError, VenueError, VenueOrder, VenueTrade
 from daemon.events import OrderType, Side
@@ -142,11 +143,8 @@ class BinanceUserStream:
         self._task = asyncio.create_task(self._run(), name="binance-user-stream")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._key is not None:
             # best effort: an unclosed key expires by itself within the hour, so a throttle
             # pause or a dead network must not hold up shutdown
@@ -204,9 +202,7 @@ class BinanceUserStream:
                         return  # listenKeyExpired: reconnect with a new key
             finally:
                 self.live = False
-                keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
+                await stop_task(keepalive)
 
     def _handle(self, raw: str | bytes) -> bool:
         """Dispatch one message; True when the session must end (listen key expired)."""

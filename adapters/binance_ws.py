@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -38,6 +37,7 @@ from adapters.ccxt_exchange import (
     redact,
     reset_retry_after,
 )
+from adapters.tasks import stop_task
 from adapters.throttle import Backoff
 from adapters.venue import PermanentVenueError, VenueError
 from daemon.events import Bar
@@ -235,7 +235,8 @@ class BinanceKlineFeed:
                 if catchup:
                     timeout = min(timeout or math.inf, self.cfg.stream.reconnect_max_s)
                 try:
-                    kind, payload = await asyncio.wait_for(self._queue.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        kind, payload = await self._queue.get()
                 except TimeoutError:
                     continue
                 if kind == "bar":
@@ -273,11 +274,8 @@ class BinanceKlineFeed:
             self._reader = asyncio.create_task(self._read_forever(), name="binance-klines")
 
     async def _stop_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await stop_task(self._reader)
+        self._reader = None
 
     # ---- websocket ----------------------------------------------------------------------
 
@@ -293,7 +291,8 @@ class BinanceKlineFeed:
                     log.info("klines_connected", connects=self.counters["connects"])
                     self._queue.put_nowait(("connected", None))
                     while True:
-                        raw = await asyncio.wait_for(ws.recv(), stream.idle_timeout_s)
+                        async with asyncio.timeout(stream.idle_timeout_s):
+                            raw = await ws.recv()
                         backoff.reset()
                         bar = self.parse(raw)
                         if bar is not None:

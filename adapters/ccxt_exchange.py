@@ -230,6 +230,11 @@ def build_exchange(cfg: ExchangeConfig, credentials: Credentials | None = None) 
         **(fetch_markets if isinstance(fetch_markets, dict) else {}), "types": ["spot"]}
     exchange.options["fetchCurrencies"] = False
     exchange.options["fetchMargins"] = False
+    if cfg.id == "binance":
+        # A signed request older than recvWindow is refused by Binance. Tied to our timeout,
+        # a request we gave up on cannot still be executed after we asked for it by client
+        # order id and were told "not found" (ccxt signs after its own throttle wait).
+        exchange.options["recvWindow"] = min(max(int(cfg.timeout_s * 1000), 1000), 59_000)
     if cfg.rest_url or cfg.ws_url:
         for key in ("api", "test", "demo", "demotrading"):
             if isinstance(exchange.urls.get(key), dict | str):

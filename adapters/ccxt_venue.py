@@ -50,6 +50,7 @@ from adapters.ccxt_exchange import (
     redact,
     reset_retry_after,
 )
+from adapters.tasks import stop_task
 from adapters.throttle import Backoff, TokenBucket
 from adapters.venue import (
     OrderListener,
@@ -149,10 +150,7 @@ class CcxtVenue:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         self._tasks = []
         if self.user_stream is not None:
             await self.user_stream.close()
@@ -616,7 +614,8 @@ class CcxtVenue:
             live = self.user_stream is not None and self.user_stream.live
             period = self.cfg.fills_audit_s if live else self.cfg.fills_poll_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_now.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._poll_now.wait()
             self._poll_now.clear()
             try:
                 await self.poll_trades()

@@ -154,6 +154,8 @@ class Daemon:
             cfg.market.interval_s, cfg.rebalance, cfg.allocation, self.venue.markets,
             self.solver, fee_rate=cfg.venue.paper.fee_bps / 10_000.0, **extra)
         self.rebalancer.trading_state = lambda: self.gate.state.value
+        self.fills_booked = 0
+        self.rebalancer.fills_in_flight = lambda: self.oms.fills_published - self.fills_booked
         self.timestamps = 0
         self.start_nav: float | None = None
         self.services: list[Service] = [self.gate]  # the gate's stale-data heartbeat
@@ -175,7 +177,7 @@ class Daemon:
 
     def _wire(self) -> None:
         bus = self.bus
-        bus.subscribe("portfolio", {Bar: self.portfolio.mark, Fill: self.portfolio.apply_fill})
+        bus.subscribe("portfolio", {Bar: self.portfolio.mark, Fill: self._book_fill})
         bus.subscribe("risk_gate", {Bar: self.gate.on_bar, BarsClosed: self.gate.on_bars_closed,
                                     OrderIntent: self.gate.on_intent, Fill: self.gate.on_fill,
                                     OrderRejected: self.gate.on_order_rejected})
@@ -184,6 +186,10 @@ class Daemon:
                                      BarsClosed: self.rebalancer.on_bars_closed})
         bus.subscribe("journal", {RiskRejected: self.journal.record_rejection})
         bus.subscribe("counters", {Event: self.counters.on_event})
+
+    def _book_fill(self, fill: Fill) -> None:
+        self.portfolio.apply_fill(fill)
+        self.fills_booked += 1
 
     async def _start(self) -> None:
         await self.venue.start()

@@ -147,6 +147,9 @@ class OMS:
         self._live: dict[str, WorkingOrder] = {}  # working()'s shortlist, see there
         self._indexed = 0  # how many of self.orders the shortlist has taken in
         self.halted_reason: str | None = None
+        # Fill events sent to the bus; the app counts those the portfolio has booked, and the
+        # rebalancer waits while the two differ (cash is not what it looks like yet)
+        self.fills_published = 0
         self.accepting = True
         self.stats: Counter[str] = Counter()
         self._rng = random.Random(seed)
@@ -618,6 +621,7 @@ class OMS:
             else:
                 log.warning("fill_after_terminal_state", client_order_id=trade.client_order_id,
                             state=str(was), trade_id=trade.trade_id)
+        self.fills_published += 1
         self.bus.publish(fill)
         return True
 

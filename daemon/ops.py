@@ -29,6 +29,7 @@ from daemon.metrics import EventObserver, LoopLagMonitor, render_prometheus
 from daemon.redact import scrub_text
 from daemon.reload import ConfigReloader
 from daemon.secrets import Credentials, export, load_credentials
+from daemon.settings import ConfigError
 from daemon.status import snapshot
 from daemon.systemd_notify import SystemdNotifier
 
@@ -190,6 +191,13 @@ def preflight(cfg: Config, *, export_keys: bool = False) -> Credentials | None:
     API keys are required in testnet mode; a configured key file must be owner-only in any
     mode. With `export_keys`, key-file credentials are put where the venue reads them."""
     socket_path(cfg.control, cfg.state_path)
+    # systemd's StateDirectory= is the one writable place under ProtectSystem=strict: a journal
+    # configured elsewhere would fail at start, or worse, land somewhere unexpected
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if given and Path(given).resolve() != cfg.state_path.resolve():
+        raise ConfigError("daemon.state_dir", cfg.daemon.state_dir,
+                          f"resolves to {cfg.state_path}, but systemd gives this service "
+                          f"{given} (StateDirectory=): set daemon.state_dir = \"{given}\"")
     credentials = load_credentials(cfg, required=cfg.daemon.mode == "testnet")
     if credentials is not None and export_keys:
         export(credentials)

@@ -18,7 +18,8 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 COMMANDS = {
     "status": "positions, weights vs targets, orders, risk usage, data age, rejections",
     "health": "exit 0 if the daemon is healthy (Docker HEALTHCHECK), else 1",
-    "halt": "stop sending new orders (working orders stay; see cancel-all)",
+    "halt": "stop new orders (working orders are cancelled too while "
+            "risk.state.cancel_working_on_halt is on)",
     "resume": "allow new orders again after a halt",
     "rebalance-now": "re-solve targets and trade back to them at the next bar close",
     "cancel-all": "cancel every working order",
@@ -32,11 +33,22 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--config", default="config.toml",
                        help="config of the running daemon (to find its control socket)")
         p.add_argument("--socket", default=None, help="control socket path (overrides config)")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+        p.add_argument("--timeout", type=_seconds, default=30.0,
+                       help="seconds to wait for an answer")
         if name in ("status", "health"):
             p.add_argument("--json", action="store_true", help="machine-readable output")
         if name in ("halt", "rebalance-now", "cancel-all"):
             p.add_argument("--reason", default="", help="recorded in the log and the status")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be seconds, > 0 and <= 3600")
+    return value
 
 
 def _operator() -> str:

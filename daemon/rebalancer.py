@@ -146,6 +146,10 @@ class Rebalancer:
         # the gate would refuse anyway are not proposed, so a halt does not become a flood of
         # rejections (and the rejection-burst rule is kept for real trouble)
         self.trading_state: Callable[[], str] = lambda: "ACTIVE"
+        # fills the OMS has journaled but the portfolio has not booked yet (live venues report
+        # an order FILLED before its Fill crosses the bus): cash and positions are stale then,
+        # and a decision on them could buy with money already spent
+        self.fills_in_flight: Callable[[], int] = lambda: 0
 
     # -- operator ---------------------------------------------------------------------------
     def request_rebalance(self, reason: str) -> str:
@@ -176,7 +180,7 @@ class Rebalancer:
         if self.solving:
             return
         if self._completion is not None:
-            if not self.oms.working():
+            if not self.oms.working() and self.fills_in_flight() == 0:
                 self._complete(event.ts)
             return
         if self._requested is not None:
@@ -417,6 +421,10 @@ class Rebalancer:
                 self._skip(Skip("cooldown", f"{left} bars left; trigger: {'; '.join(reasons)}"),
                            check)
                 return
+        if self.fills_in_flight() > 0:
+            self._skip(Skip("fills_in_flight", f"{self.fills_in_flight()} fills not yet "
+                            f"booked; trigger: {'; '.join(reasons)}"), check)
+            return
         state = str(self.trading_state())
         if state == "HALTED" and not forced:
             self._skip(Skip("trading_halted", "the risk gate is HALTED: no new orders; "

@@ -5,8 +5,8 @@ logged. Sections are frozen objects, so applying means swapping references on th
 hold them (risk gate, rebalancer, solver, OMS); positions, orders and targets are untouched.
 
 Reloadable: [risk], [rebalance], [allocation], [venue.retry], [health] and daemon.log_level,
-except the keys in `_RESTART_ONLY` (they size a history buffer or build a model or throttle
-once, at start-up). Any other change is logged as needing a restart and not applied; the rest
+except the keys in `_RESTART_ONLY` (they size a history buffer or pick the solver worker
+at start-up). Any other change is logged as needing a restart and not applied; the rest
 of the file still is.
 """
 
@@ -32,12 +32,10 @@ log = structlog.get_logger("reload")
 
 _RELOADABLE_PREFIXES = ("risk.", "rebalance.", "allocation.", "venue.retry.", "health.",
                         "daemon.log_level")
-# inside reloadable sections, what sizes a buffer or builds an object once at start-up
+# inside reloadable sections, what sizes a buffer or picks a worker once at start-up (the risk
+# gate's own windows and models are rebuilt by its `update_limits`)
 _RESTART_ONLY = ("rebalance.solver", "rebalance.schedule.vol_window_bars",
-                 "allocation.lookback_bars", "risk.throttle.", "risk.volume_window_bars",
-                 "risk.state.rejection_window_s", "risk.var.model", "risk.var.confidence",
-                 "risk.var.horizon_bars", "risk.var.window_bars", "risk.var.ewma_lambda",
-                 "risk.var.mc_", "risk.var.seed")
+                 "allocation.lookback_bars")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,27 +101,14 @@ def plan(old: Config, new: Config) -> ReloadPlan:
 
 
 def swap_gate_limits(gate: Any, limits: Any) -> None:
-    """New limits on the risk gate. A gate with `update_limits` does it itself; otherwise the
-    limits read per decision are swapped (the gate's and its decision context's), and what the
-    gate derived from them at start-up (stale-data window, group caps) is derived again."""
+    """New limits on the risk gate: through its `update_limits`, which keeps throttle windows,
+    loss marks and the trading state and rebuilds what it derived from the limits; a gate
+    without one just gets the new object."""
     update = getattr(gate, "update_limits", None)
     if callable(update):
         update(limits)
-        return
-    gate.limits = limits
-    ctx = getattr(gate, "ctx", None)
-    if ctx is None or not hasattr(ctx, "limits"):
-        return
-    ctx.limits = limits
-    interval = getattr(gate, "interval_s", None)
-    state = getattr(limits, "state", None)
-    if isinstance(interval, int | float) and hasattr(state, "stale_after_intervals"):
-        ctx.stale_after_s = state.stale_after_intervals * float(interval)
-    market = getattr(gate, "market", None)
-    if hasattr(ctx, "groups") and hasattr(market, "index"):
-        from risk.exposure import build_groups
-
-        ctx.groups = build_groups(limits, market.index)
+    else:
+        gate.limits = limits
 
 
 def apply(daemon: Daemon, cfg: Config) -> None:

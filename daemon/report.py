@@ -85,15 +85,15 @@ def render_charts(result: ReplayResult, metrics: dict[str, Any]) -> dict[str, by
             lw=1.0)
     ax.set_yscale("log")
     ax.set_ylabel(result.config.market.quote)
+    _mark_states(ax, rec)
     ax.legend(loc="upper left")
     out["equity"] = _png(fig)
 
     fig, ax = _figure("Drawdown from the running peak")
-    for curve, label, color in ((rec.nav, "strategy", "#b03030"),
-                                (bench, "buy and hold", "#999999")):
-        dd = np.minimum.reduceat(perf.drawdown(curve), starts) * 100
-        ax.fill_between(when, dd, 0, alpha=0.35 if label == "strategy" else 0.2, color=color,
-                        label=label, step="post")
+    dd = np.minimum.reduceat(perf.drawdown(rec.nav), starts) * 100
+    ax.fill_between(when, dd, 0, alpha=0.35, color="#b03030", label="strategy", step="post")
+    ax.plot(when, np.minimum.reduceat(perf.drawdown(bench), starts) * 100, color="#666666",
+            lw=0.8, label="equal-weight buy and hold", drawstyle="steps-post")
     ax.set_ylabel("% below peak")
     ax.legend(loc="lower left")
     out["drawdown"] = _png(fig)
@@ -105,6 +105,7 @@ def render_charts(result: ReplayResult, metrics: dict[str, Any]) -> dict[str, by
                  colors=[*_palette(len(rec.symbols)), "#dddddd"])
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of NAV")
+    _mark_states(ax, rec)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     out["weights"] = _png(fig)
 
@@ -120,13 +121,28 @@ def render_charts(result: ReplayResult, metrics: dict[str, Any]) -> dict[str, by
     sent = np.flatnonzero(rec.decisions > 0)
     if sent.size:
         ax.plot(rec.ts_ns[sent].astype("datetime64[ns]"), np.full(sent.size, band),
-                "|", color="#33a02c", ms=8, label=f"rebalance ({sent.size})")
+                "|", color="#33a02c", ms=8, label=f"closes after which orders were sent "
+                                                  f"({sent.size:,})")
+    filled = np.flatnonzero(rec.traded > 0)
+    if filled.size:
+        ax.plot(rec.ts_ns[filled].astype("datetime64[ns]"), np.zeros(filled.size), "|",
+                color="#1f78b4", ms=8, label=f"bars with fills ({filled.size:,})")
     ax.set_ylabel("% of NAV")
     ax.legend(loc="upper right")
     out["drift"] = _png(fig)
 
     out["turnover"] = _turnover_chart(result)
     return out
+
+
+def _mark_states(ax: Any, rec: Any) -> None:
+    """A vertical line where the risk gate's trading state changed, named once per state."""
+    named: set[str] = set()
+    colors = {"ACTIVE": "#33a02c", "REDUCING": "#ff7f00", "HALTED": "#e31a1c"}
+    for row, state, _previous, _reason, _by in rec.state_changes:
+        ax.axvline(rec.ts_ns[row].astype("datetime64[ns]"), color=colors.get(state, "#000000"),
+                   ls=":", lw=1.2, label=None if state in named else f"trading state {state}")
+        named.add(state)
 
 
 def _turnover_chart(result: ReplayResult) -> bytes:
@@ -229,7 +245,12 @@ def render_html(result: ReplayResult, metrics: dict[str, Any], pngs: dict[str, b
         ["Calmar", _num(s["calmar"]), _num(b["calmar"])],
     ]
     codes = ", ".join(f"{esc(k)} {n}" for k, n in s["risk_rejections_by_code"].items())
+    changes = s["trading_state_changes"]
     trade_rows = [
+        ["Trading state (risk gate's kill switch)",
+         "ACTIVE throughout" if not changes else "<br>".join(
+             f"{_d(c['at'])}: {esc(c['previous'])} → <b>{esc(c['state'])}</b> "
+             f"({esc(c['reason'])}, by {esc(c['by'])})" for c in changes)],
         ["Rebalances (decisions that sent orders)", f"{s['rebalances']:,}"],
         ["Target updates (solves installed)", f"{s['target_updates']:,}"],
         ["Failed solves (last targets kept)", f"{s['solve_failures']:,}"],
@@ -273,9 +294,12 @@ def render_html(result: ReplayResult, metrics: dict[str, Any], pngs: dict[str, b
         "equity": "NAV at every close. The benchmark puts 1/N of the starting NAV into each "
                   "symbol at its first bar (cash until a late listing) and never trades.",
         "drawdown": "Distance below the running peak of each curve.",
-        "weights": "Holdings at each close as a share of NAV.",
-        "drift": "The largest distance of any asset from its target weight at each close; "
-                 "marks show closes after which the rebalancer sent orders.",
+        "weights": "Holdings at each close as a share of NAV. Dotted lines: the risk gate's "
+                   "trading state changed (REDUCING lets only risk-reducing orders through, "
+                   "HALTED none).",
+        "drift": "The largest distance of any asset from its target weight at each close. "
+                 "Marks on the band line: closes after which the rebalancer sent orders "
+                 "(the risk gate may have refused them); marks at zero: bars with fills.",
         "turnover": "Notional traded per period (bars) and the fees paid so far (line).",
     }
     charts = "".join(

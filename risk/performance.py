@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from risk.var import VarConfig, VarModel
 from risk.var_backtest import evaluate
 
 SECONDS_PER_YEAR = 365.0 * 86_400.0
@@ -132,7 +133,7 @@ def buy_and_hold(closes: np.ndarray, initial: float) -> np.ndarray:
     if c.ndim != 2 or c.shape[1] == 0:
         raise ValueError(f"closes must be 2-D with at least one column, got {c.shape}")
     t, n = c.shape
-    filled = _ffill(c)
+    filled = forward_fill(c)
     alloc = initial / n
     out = np.zeros(t)
     for j in range(n):
@@ -146,8 +147,8 @@ def buy_and_hold(closes: np.ndarray, initial: float) -> np.ndarray:
     return out
 
 
-def _ffill(a: np.ndarray) -> np.ndarray:
-    """Forward-fill NaN down each column (leading NaN stay)."""
+def forward_fill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaN down each column of a 2-D array (leading NaN stay)."""
     idx = np.where(np.isnan(a), 0, np.arange(a.shape[0])[:, None])
     np.maximum.accumulate(idx, axis=0, out=idx)
     out = a[idx, np.arange(a.shape[1])]
@@ -214,37 +215,33 @@ def historical_equity_var(ts_ns: np.ndarray, equity: np.ndarray, confidence: flo
 
 
 def model_var_backtest(asset_returns: np.ndarray, weights: np.ndarray,
-                       portfolio_returns: np.ndarray, var_cfg: object,
+                       portfolio_returns: np.ndarray, var_cfg: VarConfig,
                        every: int = 1) -> VarBacktest:
-    """The daemon's own VaR model (a `risk.var.VarConfig`) backtested on what the portfolio
-    held: the forecast for bar t uses the asset returns of the `window_bars` bars before t and
-    the weights held over bar t (those at the close of t - 1); the realised loss is the
-    portfolio's return on bar t. `every` > 1 forecasts only every `every`-th bar, for long
-    hourly runs where a forecast per bar costs more than the report is worth.
+    """The daemon's own VaR model backtested on what the portfolio held: the forecast for bar t
+    uses the asset returns of the `window_bars` bars before t and the weights at the close of
+    t - 1 (the holdings over bar t, except on the few bars that open with fills); the realised
+    loss is the portfolio's return on bar t, fees and slippage of those fills included.
+    `every` > 1 forecasts only every `every`-th bar, for long hourly runs where a model fit per
+    bar costs more than the report is worth.
 
     `asset_returns` and `weights` are bars x assets (row t = return over bar t, weights at
     the close of t); NaN returns (before a listing, in a gap) count as 0, the asset's weight
     is 0 there anyway."""
-    from risk.var import VarModel  # only this path needs the model code
-
-    cfg = var_cfg
-    window = int(cfg.window_bars)  # type: ignore[attr-defined]
-    confidence = float(cfg.confidence)  # type: ignore[attr-defined]
-    model = VarModel(cfg)  # type: ignore[arg-type]
+    window, confidence = var_cfg.window_bars, var_cfg.confidence
+    model = VarModel(var_cfg)
     r = np.nan_to_num(np.asarray(asset_returns, dtype=float), nan=0.0)
     w = np.asarray(weights, dtype=float)
     pr = np.asarray(portfolio_returns, dtype=float)
-    ts = range(max(window, 1), r.shape[0], max(every, 1))
+    ts = list(range(max(window, 1), r.shape[0], max(every, 1)))
     forecasts = np.array([model.prepare(r[t - window:t]).var(w[t - 1])[0] for t in ts])
-    realised = -pr[list(ts)] if len(ts) else np.empty(0)
+    realised = -pr[ts] if ts else np.empty(0)
     hits = realised > forecasts
     stats = evaluate(hits, confidence) if hits.size else {
         "observations": 0, "exceptions": 0, "expected": 0.0, "lr_pof": math.nan,
         "lr_cc": math.nan}
-    model_name = str(cfg.model)  # type: ignore[attr-defined]
     return VarBacktest(
-        method=f"daemon VaR model {model_name} at {confidence:.0%}, "
-               f"{cfg.horizon_bars}-bar horizon, window {window} bars"  # type: ignore[attr-defined]
+        method=f"daemon VaR model {var_cfg.model} at {confidence:.0%}, "
+               f"{var_cfg.horizon_bars}-bar horizon, window {window} bars"
                + (f", every {every} bars" if every > 1 else ""),
         confidence=confidence, window=window, horizon="1 bar",
         observations=int(stats["observations"]), exceptions=int(stats["exceptions"]),

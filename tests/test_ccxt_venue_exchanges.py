@@ -92,6 +92,7 @@ async def test_binance_sandbox_urls_and_ws_bases_match_ccxt_pro() -> None:
     try:
         assert ex.urls["api"]["private"] == "https://testnet.binance.vision/api/v3"
         assert ex.enableRateLimit is True and ex.options["fetchMarkets"]["types"] == ["spot"]
+        assert ex.options["recvWindow"] == 10_000  # = timeout_s: no request outlives it
     finally:
         await ex.close()
     pro = ccxt.pro.binance()

@@ -55,7 +55,8 @@ def test_plan_applies_limits_and_bands_and_lists_restart_only_keys(tmp_path: Pat
     assert (cfg.rebalance.band, cfg.risk.max_order_notional) == (0.08, 30_000.0)
     assert (cfg.rebalance.solver, cfg.allocation.lookback_bars) == ("thread", 30)
     assert cfg.market == old.market  # not reloadable: untouched
-    assert reloadable("risk.var.max_var_fraction") and not reloadable("risk.var.window_bars")
+    assert reloadable("risk.var.max_var_fraction") and reloadable("risk.throttle.burst")
+    assert not reloadable("rebalance.schedule.vol_window_bars")
     assert not reloadable("market.symbols") and not reloadable("control.socket")
 
 

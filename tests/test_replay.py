@@ -100,8 +100,17 @@ async def test_daily_replay_trades_and_writes_a_self_contained_report(
         assert isinstance(s[key], float), key
     assert metrics["var"]["observations"] > 0  # 366 daily returns, 250-day window
     assert "equity curve" in metrics["var"]["method"] or "VaR model" in metrics["var"]["method"]
+    # the risk gate's kill switch moving is part of the story (March 2020 trips the defaults)
+    changes = s["trading_state_changes"]
+    refused_by_state = any(code.startswith("STATE_") for code in s["risk_rejections_by_code"])
+    assert bool(changes) or not refused_by_state
+    for change in changes:
+        assert "2020-01-01" <= change["at"] < "2021-01-01"
+        assert change["state"] in ("ACTIVE", "REDUCING", "HALTED")
     # one file that opens offline: every chart embedded, nothing fetched
     page = paths["html"].read_text()
+    for change in changes:
+        assert f"<b>{change['state']}</b> ({change['reason']}" in page
     assert page.count('src="data:image/png;base64,') == len(CHARTS)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     for name in CHARTS:
@@ -222,6 +231,8 @@ def test_cli_replay_writes_the_report_and_exit_codes(tmp_path: Path,
     assert metrics["window"]["first_bar"] == "2023-01-02T00:00:00Z"
     assert metrics["window"]["timestamps"] == 150 - 24
     assert math.isfinite(metrics["strategy"]["end_value"])
+    # 150 bars cannot fill the daemon's 250-bar VaR window: the equity-curve fallback, named
+    assert "equity curve" in metrics["var"]["method"]
     assert (out / "replay.log").exists()
     # a symbol without a file is a usage error naming the file: exit 2, one line
     code = main(["replay", "--config", str(tmp_path / "config.toml"), "--data", str(data),

@@ -117,6 +117,21 @@ async def test_ready_after_start_watchdog_only_while_healthy_stopping_first(
     assert _messages(sock)[-1].startswith("STOPPING=1")
 
 
+def test_state_dir_must_be_systemds_state_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.config import parse_config
+    from daemon.ops import preflight
+    from daemon.settings import ConfigError
+
+    cfg = parse_config(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    preflight(cfg)
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/tradingd")
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert err.value.key == "daemon.state_dir" and "/var/lib/tradingd" in str(err.value)
+
+
 def test_unit_declares_what_the_daemon_relies_on() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure",
