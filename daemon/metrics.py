@@ -9,13 +9,13 @@ recent rejections, and loop lag. Nothing here touches money.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from adapters.tasks import stop_task
 from daemon.bus import EventBus
 from daemon.events import Bar, OrderRejected, RiskRejected, TargetWeights
 
@@ -61,10 +61,7 @@ class LoopLagMonitor:
         self._task = asyncio.create_task(self._run(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
 
 class EventObserver:

@@ -33,13 +33,13 @@ Every report is logged (`reconciled`) and stored in the journal's `reconciliatio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import structlog
 
+from adapters.tasks import stop_task
 from adapters.venue import Venue, VenueError, VenueOrder
 from daemon.bus import EventBus
 from daemon.events import utcnow
@@ -130,11 +130,8 @@ class Reconciler:
             self._task = asyncio.create_task(self._periodic(), name="reconciler")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _periodic(self) -> None:
         while True:

@@ -24,7 +24,6 @@ logged and keeps the last good targets; no targets at all means the rebalancer d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pandas as pd
 import structlog
 
 from adapters.strategy_files import ParseLimits, PollResult, StrategyFiles
+from adapters.tasks import stop_task
 from daemon.bus import EventBus
 from daemon.events import Bar, BarsClosed, TargetWeights
 from risk.allocation import AllocationConfig
@@ -152,11 +152,8 @@ class StrategyTargets:
         self._task = asyncio.create_task(self._run(), name="strategy-targets")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

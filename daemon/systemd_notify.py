@@ -13,7 +13,6 @@ whose feed died or whose bus is wedged stops pinging and systemd restarts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from adapters.tasks import stop_task
 from daemon.health import Health
 
 log = structlog.get_logger("systemd")
@@ -131,7 +131,4 @@ class SystemdNotifier:
 
     async def stop(self) -> None:
         self.send("STOPPING=1\nSTATUS=stopping")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
