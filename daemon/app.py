@@ -9,7 +9,6 @@ market feed → (venue sees the bars first) → bus: Bar, BarsClosed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -21,6 +20,7 @@ from adapters.feed import BarFeed
 from adapters.paper import PaperVenue
 from adapters.replay import ReplayFeed
 from adapters.simulated import SimulatedMarket
+from adapters.tasks import stop_task
 from adapters.venue import Venue
 from daemon.bus import EventBus
 from daemon.config import Config
@@ -252,16 +252,10 @@ class Daemon:
             if stopper in done:
                 log.info("stopping", reason="signal")
         finally:
-            for task in (pump, stopper):
-                task.cancel()
-            # insist: on Python 3.11 asyncio.wait_for returns the result and drops the
-            # cancellation when both land together (a bar arriving at SIGTERM), and the feed
-            # would keep the pump, and so the daemon, running until systemd kills it
-            while not pump.done():
-                await asyncio.wait({pump}, timeout=0.5)
-                pump.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(pump, stopper, return_exceptions=True)
+            # a bar arriving with SIGTERM can swallow one cancellation on Python 3.11, which
+            # would keep the pump, and so the daemon, running: stop_task insists
+            await stop_task(stopper)
+            await stop_task(pump)
             await self._shutdown()
         return self.summary()
 
