@@ -73,13 +73,12 @@ def _num(msg: dict[str, Any], key: str) -> float:
     return value
 
 
-def parse_execution_report(msg: dict[str, Any], symbol_of: Callable[[str], str | None],
-                           fee_in_quote: Callable[[str, float, str, float], float]
+def parse_execution_report(msg: dict[str, Any], symbol_of: Callable[[str], str | None]
                            ) -> ExecutionReport:
     """An executionReport as our order view plus, for x=TRADE, the execution.
 
-    `symbol_of('BTCUSDT') -> 'BTC/USDT'` (None: not a market we trade). `fee_in_quote(symbol,
-    commission, asset, price)` converts the commission to the quote currency. A cancel report
+    `symbol_of('BTCUSDT') -> 'BTC/USDT'` (None: not a market we trade). The commission `n` is
+    passed on exactly, in its asset `N` (Binance: the asset received, or BNB). A cancel report
     carries the cancel request's own id in `c` and the order's client id in `C`."""
     symbol = symbol_of(str(msg.get("s", "")))
     if symbol is None:
@@ -114,10 +113,13 @@ def parse_execution_report(msg: dict[str, Any], symbol_of: Callable[[str], str |
                 str(trade_id) in ("", "-1"):
             raise MalformedMessage("malformed", "trade without a trade id")
         commission = _num(msg, "n") if msg.get("n") not in (None, "") else 0.0
-        fee = fee_in_quote(symbol, commission, str(msg.get("N") or ""), fill_price)
+        asset = msg.get("N") if commission else None  # Binance sends N=null for no commission
+        if commission and (not isinstance(asset, str) or not asset):
+            raise MalformedMessage("malformed", "commission without its asset")
         trade = VenueTrade(trade_id=str(trade_id), client_order_id=client_id,
                            venue_order_id=venue_order_id, symbol=symbol, side=side,
-                           quantity=qty, price=fill_price, fee=fee, ts=ts)
+                           quantity=qty, price=fill_price, fee=commission, ts=ts,
+                           fee_currency=asset or "")
     return ExecutionReport(order=order, trade=trade)
 
 

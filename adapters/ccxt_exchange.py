@@ -113,6 +113,9 @@ class ExchangeConfig:
     fills_audit_s: float = field(default=60.0, metadata={
         "doc": "poll own trades this often even while the stream is live: a stream can lose "
                "messages without dropping", "min": 0.01, "unit": "s"})
+    fee_bps: float = field(default=10.0, metadata={
+        "doc": "taker fee the rebalancer plans with, basis points, when the exchange's markets "
+               "do not give one (ccxt market `taker`)", "min": 0.0, "max": 1000.0})
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def check(self) -> None:

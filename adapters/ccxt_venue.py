@@ -181,6 +181,15 @@ class CcxtVenue:
     def markets(self) -> dict[str, MarketRules]:
         return dict(self._rules)
 
+    def taker_fee_rate(self) -> float | None:
+        """The highest taker fee rate (a fraction) among our markets as ccxt loaded them;
+        None when ccxt gives none. It is the exchange's standard rate, not account discounts."""
+        markets = getattr(self.exchange, "markets", None) or {}
+        rates = [float(m["taker"]) for s in self.symbols if isinstance(m := markets.get(s), dict)
+                 and isinstance(m.get("taker"), int | float) and not isinstance(m["taker"], bool)
+                 and math.isfinite(m["taker"]) and 0 <= m["taker"] < 1]
+        return max(rates) if rates else None
+
     def on_trade(self, listener: TradeListener) -> None:
         self._trade_listeners.append(listener)
 
@@ -467,30 +476,53 @@ class CcxtVenue:
         price = _number(raw.get("price"), None, "trade price")
         if qty <= 0 or price <= 0:
             raise MalformedReply(f"trade amount {qty} or price {price} not positive")
-        fees = raw.get("fees") or ([raw["fee"]] if raw.get("fee") else [])
-        fee = 0.0
-        for f in fees:
-            if isinstance(f, dict) and isinstance(f.get("cost"), int | float):
-                fee += self._fee_in_quote(symbol, float(f["cost"]), str(f.get("currency")), price)
+        fee, currency, fee_quote = self._fee(symbol, raw, qty * price)
         ts = _ts(raw.get("timestamp")) if raw.get("timestamp") or order is None else order.ts
         return VenueTrade(trade_id=str(trade_id), client_order_id=cid, venue_order_id=str(oid),
-                          symbol=symbol, side=side, quantity=qty, price=price, fee=fee, ts=ts)
+                          symbol=symbol, side=side, quantity=qty, price=price, fee=fee, ts=ts,
+                          fee_currency=currency, fee_quote=fee_quote)
 
-    def _fee_in_quote(self, symbol: str, cost: float, currency: str, price: float) -> float:
-        rules = self._rules[symbol]
-        if cost == 0 or currency == rules.quote:
-            return cost
-        if currency == rules.base:
-            # Binance's default: the fee is taken from the asset received; as a quote amount
-            # NAV is the same, but the base balance ends `cost` below the fill quantity
+    def _fee(self, symbol: str, raw: dict[str, Any], notional: float
+             ) -> tuple[float, str, float | None]:
+        """(amount, currency, quote value or None) of a ccxt trade's fee, exactly as charged:
+        converting it would book it against the wrong balance (a BTC fee taken from cash) and
+        reconciliation with the exchange's balances would fail."""
+        quote = self._rules[symbol].quote
+        fees = raw.get("fees") or ([raw["fee"]] if raw.get("fee") else [])
+        by_currency: dict[str, float] = {}
+        rates: dict[str, float] = {}
+        for f in fees:
+            if not isinstance(f, dict) or not isinstance(f.get("cost"), int | float) \
+                    or not math.isfinite(f["cost"]):
+                continue
+            if not f.get("currency"):
+                self.counters["fee_currency_missing"] += 1  # ccxt's fee without its currency
+            currency = str(f.get("currency") or quote)
+            by_currency[currency] = by_currency.get(currency, 0.0) + float(f["cost"])
+            if isinstance(f.get("rate"), int | float) and math.isfinite(f["rate"]):
+                rates[currency] = float(f["rate"])
+        charged = [(c, cost) for c, cost in by_currency.items() if cost]
+        if not charged:
+            return 0.0, quote, None
+        if len(charged) > 1:
+            # one trade, fees in two assets: Binance never does this; book the first exactly
+            # and let reconciliation name the other asset's difference
+            self.counters["fees_in_several_assets"] += 1
+            log.error("fee_in_several_assets", symbol=symbol, fees=dict(charged))
+        currency, cost = charged[0]
+        base = self._rules[symbol].base
+        if currency == base:
             self.counters["fees_in_base"] += 1
-            return cost * price
-        self.counters["fees_unconverted"] += 1
-        if currency not in self._warned_fee_assets:
-            self._warned_fee_assets.add(currency)
-            log.warning("fee_not_in_quote", symbol=symbol, asset=currency,
-                        note="not converted: portfolio cash will differ from the exchange")
-        return 0.0
+        elif currency != quote:
+            # BNB with Binance's fee discount. ccxt gives a quote value only through the fee
+            # rate, if the exchange reports one; otherwise the portfolio values it
+            self.counters["fees_in_other_asset"] += 1
+            if currency not in self._warned_fee_assets:
+                self._warned_fee_assets.add(currency)
+                log.info("fee_in_other_asset", symbol=symbol, asset=currency)
+            rate = rates.get(currency)
+            return cost, currency, notional * rate if rate is not None else None
+        return cost, currency, None
 
     async def _trade_from_rest(self, raw: Any) -> VenueTrade:
         if not isinstance(raw, dict):
@@ -543,7 +575,7 @@ class CcxtVenue:
         if msg.get("e") != "executionReport":
             return
         try:
-            report = parse_execution_report(msg, self._symbol_of, self._fee_in_quote)
+            report = parse_execution_report(msg, self._symbol_of)
         except MalformedMessage as exc:
             self.counters[f"stream_dropped_{exc.reason}"] += 1
             return

@@ -143,6 +143,12 @@ class PaperVenue:
         self._order_listeners: list[OrderListener] = []
         self._in_flight: deque[list[Report]] = deque()
         self._seq = 0
+        # in memory (a replay), nothing outlives the process: a bar that changed no order only
+        # moves the last closes and `last_bar_ts`, and those rows wait here until the next
+        # transaction instead of a commit per bar (see `_flush_marks`)
+        self._defer_marks = state_path is None
+        self._dirty_closes: set[str] = set()
+        self._dirty_bar_ts = False
         if state_path is not None:
             state_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_path or ":memory:", isolation_level=None,
@@ -155,6 +161,8 @@ class PaperVenue:
     # -- persistence ----------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self._dirty_bar_ts or self._dirty_closes:
+            self._flush_marks()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -163,6 +171,20 @@ class PaperVenue:
             self._load()  # the file is the truth: drop whatever the failed operation changed
             raise
         self._db.execute("COMMIT")
+
+    def _flush_marks(self) -> None:
+        """Write the deferred per-bar rows in a commit of their own, ahead of the transaction
+        that needs the store current: the store then holds exactly what a commit per bar
+        would have left, also if that transaction fails and `_load` reads it back."""
+        closes = [(self._last[s], s) for s in self._dirty_closes]
+        bar_ts = self.last_bar_ts if self._dirty_bar_ts else None
+        self._dirty_closes = set()
+        self._dirty_bar_ts = False
+        with self._tx() as db:
+            db.executemany("UPDATE markets SET last_close = ? WHERE symbol = ?", closes)
+            if bar_ts is not None:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_bar_ts', ?)",
+                           (_ts(bar_ts),))
 
     def _open(self) -> None:
         stored = self._meta("symbols")
@@ -342,6 +364,11 @@ class PaperVenue:
                     reports.append(order.view)
             self._last[bar.symbol] = bar.close
         self.last_bar_ts = ts
+        if self._defer_marks and not changed and not new_markets:
+            self._dirty_closes.update(b.symbol for b in bars)
+            self._dirty_bar_ts = True
+            self._report(reports)
+            return
         with self._tx() as db:
             if changed:
                 self._write_orders(db, changed.values())

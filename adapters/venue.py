@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from daemon.events import OrderType, Side
+from daemon.events import OrderType, Side, resolve_fee
 from risk.market_rules import MarketRules
 
 
@@ -74,7 +74,9 @@ class VenueOrder:
 
 @dataclass(frozen=True, slots=True)
 class VenueTrade:
-    """One execution as the venue reports it. `fee` is in the quote currency."""
+    """One execution as the venue reports it. `fee` is the amount in `fee_currency` exactly as
+    charged (default: the quote currency); `fee_quote` its quote value, derived as for
+    `daemon.events.Fill`."""
 
     trade_id: str
     client_order_id: str
@@ -85,6 +87,14 @@ class VenueTrade:
     price: float
     fee: float
     ts: datetime
+    fee_currency: str = ""
+    fee_quote: float | None = None
+
+    def __post_init__(self) -> None:
+        currency, value = resolve_fee(self.symbol, self.price, self.fee, self.fee_currency,
+                                      self.fee_quote)
+        object.__setattr__(self, "fee_currency", currency)
+        object.__setattr__(self, "fee_quote", value)
 
 
 TradeListener = Callable[[VenueTrade], None]

@@ -152,7 +152,8 @@ class Daemon:
         self.rebalancer = Rebalancer(
             self.bus, self.portfolio, self.oms, self.journal, self.symbols,
             cfg.market.interval_s, cfg.rebalance, cfg.allocation, self.venue.markets,
-            self.solver, fee_rate=cfg.venue.paper.fee_bps / 10_000.0, **extra)
+            self.solver, fee_rate=(cfg.exchange.fee_bps if cfg.daemon.mode == "testnet"
+                                   else cfg.venue.paper.fee_bps) / 10_000.0, **extra)
         self.rebalancer.trading_state = lambda: self.gate.state.value
         self.fills_booked = 0
         self.rebalancer.fills_in_flight = lambda: self.oms.fills_published - self.fills_booked
@@ -193,6 +194,10 @@ class Daemon:
 
     async def _start(self) -> None:
         await self.venue.start()
+        # the exchange's own taker fee (ccxt markets) beats a configured guess when it has one
+        taker = getattr(self.venue, "taker_fee_rate", lambda: None)()
+        if taker is not None:
+            self.rebalancer.fee_rate = taker
         # the portfolio's opening state comes from the reconciler (a service, below). A venue
         # that remembers the last bar it saw (the paper venue) must never see it again: the
         # feed restarts from its first bar, so it is resumed after that one, and the pump gives

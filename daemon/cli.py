@@ -235,10 +235,11 @@ def _cmd_journal(args: argparse.Namespace) -> int:
               f"{o.reason[:40]}")
     print(f"fills (latest {len(fills)})")
     print(f"  {'time':<20} {'trade id':<14} {'client order id':<30} {'side':<4} "
-          f"{'quantity':>14} {'price':>14} {'fee':>10}")
+          f"{'quantity':>14} {'price':>14} {'fee':>12} fee asset")
     for f in fills:
         print(f"  {f.ts:%Y-%m-%d %H:%M:%S}  {f.trade_id:<14} {f.client_order_id:<30} "
-              f"{f.side.value:<4} {f.quantity:>14.8g} {f.price:>14.8g} {f.fee:>10.4f}")
+              f"{f.side.value:<4} {f.quantity:>14.8g} {f.price:>14.8g} {f.fee:>12.8g} "
+              f"{f.fee_currency}")
     for at, kind, ok, report in journal.reconciliations(limit=1):
         print(f"last reconciliation  {at:%Y-%m-%d %H:%M:%S} {kind}: "
               + ("ok" if ok else f"MISMATCH {report.get('issues')} {report.get('mismatches')}"))

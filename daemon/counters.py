@@ -25,7 +25,8 @@ class EventCounters:
     def on_event(self, event: Event) -> None:
         self.by_type[type(event).__name__] += 1
         if isinstance(event, Fill):
-            self.fees += event.fee
+            # in quote value: a fee charged in the base asset or BNB is not a quote amount
+            self.fees += event.fee_quote or 0.0
             self.traded_notional += event.notional
         elif isinstance(event, RiskRejected):
             self.rejections_by_code[event.code] += 1

@@ -157,10 +157,44 @@ class OrderCancelled(Event):
     ts: datetime
 
 
+def quote_of(symbol: str) -> str:
+    """'BTC/USDT' -> 'USDT' ('' for a name without a slash)."""
+    return symbol.partition("/")[2]
+
+
+def base_of(symbol: str) -> str:
+    """'BTC/USDT' -> 'BTC'."""
+    return symbol.partition("/")[0]
+
+
+def resolve_fee(symbol: str, price: float, fee: float, fee_currency: str,
+                fee_quote: float | None) -> tuple[str, float | None]:
+    """(fee currency, quote value) of a fee as the venue reported it; see `Fill`.
+
+    The currency defaults to the symbol's quote. The quote value is exact for a quote or base
+    fee; for a third asset it is what the venue said it was worth (None: it did not say)."""
+    currency = fee_currency or quote_of(symbol)
+    if currency == quote_of(symbol):
+        return currency, fee
+    if currency == base_of(symbol):
+        return currency, fee * price
+    return currency, fee_quote
+
+
 @dataclass(frozen=True, slots=True)
 class Fill(Event):
     """One execution. `trade_id` is the venue's id for it: fills are deduplicated on it.
-    `fee` is in the quote currency."""
+
+    Fees are booked in the asset the venue charged, because that is the balance it moved:
+    `fee` is the amount IN `fee_currency`. Binance spot charges the asset received by default
+    (a BTC/USDT buy pays BTC, a sell pays USDT) and BNB when the BNB discount is on.
+
+    * `fee_currency`: the quote currency (the default, `""` on construction), the symbol's base
+      currency, or a third asset such as BNB.
+    * `fee_quote`: the fee's value in the quote currency, derived on construction: `fee` for a
+      quote fee, `fee * price` for a base fee. For a third asset it is the venue's own valuation
+      when it gave one, else None; the portfolio then values it at that asset's last price.
+    """
 
     client_order_id: str
     venue_order_id: str
@@ -171,6 +205,14 @@ class Fill(Event):
     price: float
     fee: float
     ts: datetime
+    fee_currency: str = ""
+    fee_quote: float | None = None
+
+    def __post_init__(self) -> None:
+        currency, value = resolve_fee(self.symbol, self.price, self.fee, self.fee_currency,
+                                      self.fee_quote)
+        object.__setattr__(self, "fee_currency", currency)
+        object.__setattr__(self, "fee_quote", value)
 
     @property
     def notional(self) -> float:

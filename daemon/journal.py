@@ -95,6 +95,10 @@ MIGRATIONS = (
     ("orders", "decided_at", "TEXT"),
     # how a fill reached us: "stream" (the venue pushed it) or "query" (we found it by asking)
     ("fills", "source", "TEXT NOT NULL DEFAULT 'stream'"),
+    # the asset the fee was charged in ('' = the quote currency, as every older row was);
+    # `fee` is an amount in it. fee_quote: the venue's quote value of a third-asset fee
+    ("fills", "fee_currency", "TEXT NOT NULL DEFAULT ''"),
+    ("fills", "fee_quote", "REAL"),
 )
 
 TERMINAL_STATES = ("FILLED", "CANCELLED", "REJECTED", "EXPIRED")
@@ -144,7 +148,8 @@ def fill_dict(fill: Fill) -> dict[str, Any]:
     return {"trade_id": fill.trade_id, "client_order_id": fill.client_order_id,
             "venue_order_id": fill.venue_order_id, "symbol": fill.symbol,
             "side": fill.side.value, "quantity": fill.quantity, "price": fill.price,
-            "fee": fill.fee, "ts": fill.ts.isoformat()}
+            "fee": fill.fee, "fee_currency": fill.fee_currency, "fee_quote": fill.fee_quote,
+            "ts": fill.ts.isoformat()}
 
 
 def _ts(dt: datetime) -> str:
@@ -230,9 +235,11 @@ class Journal:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO fills (trade_id, client_order_id, venue_order_id, symbol,"
-                " side, quantity, price, fee, at, source) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " side, quantity, price, fee, at, source, fee_currency, fee_quote)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (fill.trade_id, fill.client_order_id, fill.venue_order_id, fill.symbol,
-                 fill.side.value, fill.quantity, fill.price, fill.fee, _ts(fill.ts), source))
+                 fill.side.value, fill.quantity, fill.price, fill.fee, _ts(fill.ts), source,
+                 fill.fee_currency, fill.fee_quote))
             if not cur.rowcount:
                 return False
             if update is not None:
@@ -304,12 +311,35 @@ class Journal:
         return {k: float(v) for k, v in json.loads(text).items()} if text else None
 
     def fill_totals(self) -> tuple[float, dict[str, float]]:
-        """(quote cash change, signed base quantity per symbol) over every journaled fill."""
+        """(quote cash change, signed base quantity per symbol) over every journaled fill, each
+        fee taken from the balance it was charged in: quote fees from cash, base fees from the
+        symbol's quantity. Fees in a third asset are in `fee_asset_totals`."""
+        cash, quantities, _ = self._totals()
+        return cash, quantities
+
+    def fee_asset_totals(self) -> dict[str, float]:
+        """Fees charged in an asset that is neither the fill's quote nor its base (e.g. BNB),
+        summed per asset: what the fills took from that asset's balance."""
+        return self._totals()[2]
+
+    def _totals(self) -> tuple[float, dict[str, float], dict[str, float]]:
         rows = self._db.execute(
-            "SELECT symbol, SUM(CASE side WHEN 'buy' THEN quantity ELSE -quantity END),"
-            " SUM(CASE side WHEN 'buy' THEN -(quantity * price) ELSE quantity * price END"
-            " - fee) FROM fills GROUP BY symbol").fetchall()
-        return sum(r[2] for r in rows), {r[0]: r[1] for r in rows}
+            "SELECT symbol, fee_currency, SUM(CASE side WHEN 'buy' THEN quantity"
+            " ELSE -quantity END), SUM(CASE side WHEN 'buy' THEN -(quantity * price)"
+            " ELSE quantity * price END), SUM(fee) FROM fills GROUP BY symbol, fee_currency"
+        ).fetchall()
+        cash, quantities, other = 0.0, {}, {}
+        for symbol, currency, signed, proceeds, fee in rows:
+            base, _, quote = symbol.partition("/")
+            cash += proceeds
+            quantities[symbol] = quantities.get(symbol, 0.0) + signed
+            if currency in ("", quote):
+                cash -= fee
+            elif currency == base:
+                quantities[symbol] -= fee
+            else:
+                other[currency] = other.get(currency, 0.0) + fee
+        return cash, quantities, other
 
     def last_fill_at(self) -> datetime | None:
         row = self._db.execute("SELECT MAX(at) FROM fills").fetchone()
@@ -362,7 +392,9 @@ class Journal:
 
     def fills(self, client_order_id: str | None = None, limit: int | None = None,
               oldest_first: bool = False) -> list[Fill]:
-        sql, args = "SELECT * FROM fills", []
+        # columns by name: later ones were added by migrations
+        sql, args = ("SELECT trade_id, client_order_id, venue_order_id, symbol, side, quantity,"
+                     " price, fee, at, fee_currency, fee_quote FROM fills"), []
         if client_order_id:
             sql += " WHERE client_order_id = ?"
             args.append(client_order_id)
@@ -370,7 +402,8 @@ class Journal:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [Fill(client_order_id=r[1], venue_order_id=r[2], trade_id=r[0], symbol=r[3],
-                     side=Side(r[4]), quantity=r[5], price=r[6], fee=r[7], ts=_dt(r[8]))
+                     side=Side(r[4]), quantity=r[5], price=r[6], fee=r[7], ts=_dt(r[8]),
+                     fee_currency=r[9], fee_quote=r[10])
                 for r in self._db.execute(sql, args)]
 
     def order_events(self, client_order_id: str) -> list[tuple[datetime, str, dict[str, Any]]]:

@@ -581,7 +581,8 @@ class OMS:
         False for a trade id already journaled (stream and query both reported it)."""
         fill = Fill(client_order_id=trade.client_order_id, venue_order_id=trade.venue_order_id,
                     trade_id=trade.trade_id, symbol=trade.symbol, side=trade.side,
-                    quantity=trade.quantity, price=trade.price, fee=trade.fee, ts=trade.ts)
+                    quantity=trade.quantity, price=trade.price, fee=trade.fee, ts=trade.ts,
+                    fee_currency=trade.fee_currency, fee_quote=trade.fee_quote)
         order = self.orders.get(trade.client_order_id)
         if order is None:  # a late trade of an order a restart left in the journal only
             row = self.journal.order(trade.client_order_id)

@@ -140,6 +140,10 @@ class Rebalancer:
         self._last_sent: list[str] = []  # client order ids of the last rebalance decision
         self._requested: str | None = None
         self._cov_cache: tuple[int, tuple[list[str], np.ndarray] | None] | None = None
+        self._solves_paused = False  # a scheduled solve was held back while HALTED
+        # (targets, symbols in drift order, band per symbol, targets' long sum) for `_quiet`
+        self._bands_cache: tuple[dict[str, float], tuple[str, ...], tuple[float, ...],
+                                 float] | None = None
         # targets come from set_external_targets (daemon/strategy_targets.py): never solve
         self.external_targets = False
         # the risk gate's trading state (ACTIVE | REDUCING | HALTED), wired by the app: orders
@@ -187,10 +191,25 @@ class Rebalancer:
             reason, self._requested = self._requested, None
             self._start_solve(event.ts, f"requested: {reason}", forced=True)
             return
-        why = self._solve_due()
-        if why is not None:
-            self._start_solve(event.ts, why)
-            return
+        if self.targets is not None and str(self.trading_state()) == "HALTED":
+            # nothing can trade on new targets until an operator (or fresh data) resumes:
+            # scheduled re-solves wait (a replay halted for years spent a fifth of its time
+            # solving). The schedule keeps counting from the last attempt, so the first bar
+            # after the resume re-solves at once if a solve fell due meanwhile. A daemon
+            # started halted still makes its initial solve: status shows targets, and the
+            # decision path reports the halt.
+            if not self._solves_paused and self._solve_due() is not None:
+                self._solves_paused = True
+                log.info("solves_paused", reason="trading HALTED",
+                         resume="the first bar after the resume re-solves")
+        else:
+            why = self._solve_due()
+            if why is not None:
+                if self._solves_paused:
+                    self._solves_paused = False
+                    log.info("solves_resumed", trigger=why)
+                self._start_solve(event.ts, why)
+                return
         if self.targets is not None:
             self.decide(event.ts)
 
@@ -376,6 +395,8 @@ class Rebalancer:
         tcfg, pcfg = self.cfg.trigger, self.cfg.policy
         targets = self.targets
         current = self.effective_weights()
+        if not forced and self._quiet(ts, current, targets):
+            return
         drifts = drift(current, targets)
         bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in drifts}, tcfg.rules,
                                      self.cfg.band, tcfg.relative_band)
@@ -471,6 +492,43 @@ class Rebalancer:
             "cost_test": verdict.reason, "buys_deferred": plan.buys_deferred}
         self._traded_targets = dict(targets)
         log.info("rebalance", **self.last_decision)
+
+    def _quiet(self, ts: datetime, current: dict[str, float],
+               targets: dict[str, float]) -> bool:
+        """The common bar, cheaply: no asset outside its band, not deploying cash, no calendar
+        rebalance due. Then it logs `within_bands` exactly as `decide` would and says True;
+        otherwise False and `decide` takes its full path. Only for the asset rules alone: a
+        portfolio rule or the cost test needs the tracking error of the drifts."""
+        tcfg = self.cfg.trigger
+        if "portfolio" in tcfg.rules or self.cfg.cost.max_cost_share > 0:
+            return False
+        cache = self._bands_cache
+        # targets are replaced, never changed in place, and `current` always has the symbols
+        # as keys: the bands hold as long as the targets object does
+        if cache is None or cache[0] is not targets:
+            names = tuple(sorted(set(current) | set(targets)))  # `drift`'s order
+            bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in names}, tcfg.rules,
+                                         self.cfg.band, tcfg.relative_band)
+            cache = self._bands_cache = (targets, names, tuple(bands[s] for s in names),
+                                         sum(max(t, 0.0) for t in targets.values()))
+        _, names, widths, target_invested = cache
+        if sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested:
+            return False  # deploying cash
+        # the same drifts, band test and sums as `drift` and `triggers.check_drift`
+        drifts = [current.get(s, 0.0) - targets.get(s, 0.0) for s in names]
+        abs_drifts = [abs(d) for d in drifts]
+        for a, b in zip(abs_drifts, widths, strict=True):
+            if a > b + 1e-12:
+                return False
+        max_abs = max(abs_drifts, default=0.0)
+        since = self._last_rebalance_ts or self._targets_since or ts
+        days = (ts - since).total_seconds() / 86_400.0
+        if triggers.calendar_due(days, max_abs, tcfg):
+            return False
+        check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
+                                      sum_abs_drift=float(sum(abs_drifts)), tracking_error=None)
+        self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
+        return True
 
     def _policy_weights(self, mode: str, current: dict[str, float], targets: dict[str, float],
                         bands: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,8 @@ A pass:
    cancelled while we were away); one the venue no longer knows -> an issue;
 5. positions: the venue's balances are read, then its trades booked once more (so every trade
    those balances reflect is journaled), then opening balances + journaled fills are compared
-   with them. A difference
+   with them, each fee taken from the asset it was charged in (quote: cash; base: the
+   position; another asset such as BNB: that asset's balance). A difference
    beyond `oms.position_tolerance_lots` lot steps (or `oms.cash_tolerance` for cash) halts
    trading with a report naming each asset, instead of trading on a wrong view. While running,
    a difference must still be there a moment later (fills in flight cause passing ones).
@@ -121,6 +122,7 @@ class Reconciler:
         self.confirm_delay_s = confirm_delay_s
         self.opening: dict[str, float] = {}
         self.reports: list[ReconcileReport] = []
+        self._unreconciled_fee_assets: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     # -- service --------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class Reconciler:
             return opening
         venue = await self.venue.balances()
         cash_delta, quantities = self.journal.fill_totals()
+        fee_assets = self.journal.fee_asset_totals()
         # a journal from before opening balances were recorded: infer them, so that the
         # journal plus its fills equals the venue now (nothing to compare against this once)
         if quantities:
@@ -180,7 +183,13 @@ class Reconciler:
         opening = {self.quote: venue.get(self.quote, 0.0) - cash_delta}
         for symbol in self.symbols:
             base = _base(symbol)
-            opening[base] = venue.get(base, 0.0) - quantities.get(symbol, 0.0)
+            opening[base] = (venue.get(base, 0.0) - quantities.get(symbol, 0.0)
+                             + fee_assets.get(base, 0.0))
+        # every other asset held, as it stands: fees may be charged in one (BNB with Binance's
+        # fee discount), and its balance is then reconciled like a position
+        for asset, amount in venue.items():
+            if asset not in opening and (amount or asset in fee_assets):
+                opening[asset] = amount + fee_assets.get(asset, 0.0)
         self.journal.set_opening_balances(opening)
         return self.journal.opening_balances() or opening
 
@@ -188,6 +197,8 @@ class Reconciler:
         p = self.portfolio
         p.cash = self.opening.get(self.quote, 0.0)
         p.positions = {s: q for s in self.symbols if (q := self.opening.get(_base(s), 0.0))}
+        p.fee_balances = {}
+        p.symbols = set(self.symbols)
         for fill in self.journal.fills(oldest_first=True):
             p.apply_fill(fill)
 
@@ -305,7 +316,10 @@ class Reconciler:
         venue = await self.venue.balances()
         # every trade these balances reflect is in the venue's list from now on: book them
         await self._book_missed_trades(report)
+        # each fee counts against the asset it was charged in: quote fees in cash_delta, base
+        # fees in quantities, any other asset's (BNB) in fee_assets
         cash_delta, quantities = self.journal.fill_totals()
+        fee_assets = self.journal.fee_asset_totals()
         rules = self.venue.markets()
         out = []
         cash = self.opening.get(self.quote, 0.0) + cash_delta
@@ -314,11 +328,29 @@ class Reconciler:
                                 self.config.cash_tolerance))
         for symbol in self.symbols:
             base = _base(symbol)
-            expected = self.opening.get(base, 0.0) + quantities.get(symbol, 0.0)
+            expected = (self.opening.get(base, 0.0) + quantities.get(symbol, 0.0)
+                        - fee_assets.get(base, 0.0))
             step = rules[symbol].amount_step if symbol in rules else SMALLEST_STEP
             tolerance = self.config.position_tolerance_lots * step
             if abs(venue.get(base, 0.0) - expected) > tolerance:
                 out.append(Mismatch(base, expected, venue.get(base, 0.0), tolerance))
+        bases = {_base(s) for s in self.symbols}
+        for asset, spent in sorted(fee_assets.items()):
+            if asset in bases or asset == self.quote:
+                continue
+            if asset not in self.opening:
+                # opening balances recorded before fees were charged in it: nothing to
+                # compare with (its fees are still booked in the portfolio)
+                if asset not in self._unreconciled_fee_assets:
+                    self._unreconciled_fee_assets.add(asset)
+                    log.warning("fee_asset_not_reconciled", asset=asset,
+                                reason="no opening balance recorded for it")
+                continue
+            expected = self.opening[asset] - spent
+            # no market of ours gives its lot step: Binance books fees to 1e-8
+            tolerance = self.config.position_tolerance_lots * SMALLEST_STEP
+            if abs(venue.get(asset, 0.0) - expected) > tolerance:
+                out.append(Mismatch(asset, expected, venue.get(asset, 0.0), tolerance))
         return out
 
     def _finish(self, report: ReconcileReport) -> None:

@@ -4,8 +4,12 @@
 The decisions are the pure checks of `risk.checks`; this module keeps what they read current:
 
 * per bar (`Bar`, `BarsClosed`): last closes, average bar volume, the venue's market rules,
-  a window of returns and the VaR model prepared from it (`VarModel.prepare`, once per bar),
-  the book's VaR at that bar, loss-limit marks;
+  a window of closes, loss-limit marks (NAV only, not the whole book);
+* per bar with an order: the VaR model prepared from the window of returns
+  (`VarModel.prepare`) and the book's VaR, on the first order after a `BarsClosed` and kept
+  for the bar's other orders. Most bars have no order (a replay: about one in a hundred), and
+  the model depends only on the window of closes, which changes only at `BarsClosed`: the
+  same model as an eager per-bar fit, at a fraction of the cost;
 * per order: the book = positions + working orders + orders approved but not yet taken in by
   the OMS (the OMS registers an approved order only when its own worker runs, so siblings
   published together must be counted here), and the clock.
@@ -68,7 +72,7 @@ from risk.checks import (
     evaluate,
     order_effect,
 )
-from risk.exposure import Book, build_groups
+from risk.exposure import Book, book_nav, build_groups, nav_valid
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
@@ -131,6 +135,10 @@ class RiskGate:
         self._closes = np.full((limits.var.window_bars + 1, n), np.nan)
         self._close_rows = 0
         self._var_model_cfg = limits.var
+        # the VaR model is prepared lazily (`_ensure_var`): `_closes_version` counts changes
+        # of the window of closes, `_var_version` is the one `ctx.var` was prepared from
+        self._closes_version = 0
+        self._var_version = -1
         self._in_flight: dict[str, tuple[int, float, float]] = {}  # cid -> (index, signed, at)
         # counters for status and the run summary
         self.approved = 0
@@ -170,10 +178,8 @@ class RiskGate:
             closes[:keep] = self._closes[self._close_rows - keep:self._close_rows]
             self._closes, self._close_rows = closes, keep
         self._var_model_cfg = limits.var
-        self._prepare_var()
-        book = self._safe_book()
-        if book is not None:
-            self._book_risk(book)
+        self._var_version = -1  # the model's settings changed: re-prepare now
+        self._ensure_var(self._safe_book())
         log.info("risk_limits_updated")
 
     # -- clocks ---------------------------------------------------------------------------
@@ -297,16 +303,15 @@ class RiskGate:
             self.trading.undo(by="gate", reason="DATA_FRESH")
 
     def on_bars_closed(self, event: BarsClosed) -> None:
-        """Once per bar: rules, the VaR model, the book's risk, loss limits."""
+        """Once per bar: rules, the window of closes, an OMS halt, loss limits. The VaR model
+        and the book's risk wait for the bar's first order (`_ensure_var`)."""
         try:
             self._refresh_rules()
             self._append_closes()
-            self._prepare_var()
             self._sync_oms_halt()
-            book = self._safe_book()
-            if book is not None:
-                self._book_risk(book)
-                self._check_loss_limits(book, event.ts.astimezone(UTC).date())
+            nav = self._safe_nav()
+            if nav is not None:
+                self._check_loss_limits(nav, event.ts.astimezone(UTC).date())
         except Exception as exc:
             self._error("on_bars_closed", exc)
 
@@ -327,6 +332,18 @@ class RiskGate:
         else:
             self._closes[:-1] = self._closes[1:]
             self._closes[-1] = self.market.prices
+        self._closes_version += 1
+
+    def _ensure_var(self, book: Book | None) -> None:
+        """The VaR model of the current window of closes, prepared at most once per window (per
+        bar), and the book's risk with it. `book` should be the book the caller checks against:
+        its risk is then reused by `check_var` as long as the book does not change."""
+        if self._var_version == self._closes_version:
+            return
+        self._var_version = self._closes_version
+        self._prepare_var()
+        if book is not None:
+            self._book_risk(book)
 
     def _prepare_var(self) -> None:
         view = self.ctx.var = VarView(bars=max(self._close_rows - 1, 0))
@@ -402,13 +419,34 @@ class RiskGate:
             self._error("build_book", exc)
             return None
 
+    def _nav(self) -> float:
+        """The book's NAV (cash + positions, `Book.build`'s arithmetic) without its exposures:
+        what the loss limits read, per bar, without the working orders' walk."""
+        n = len(self.symbols)
+        if self.portfolio is not None:
+            cash = self.portfolio.cash
+            held = np.fromiter(map(self.portfolio.positions.get, self.symbols,
+                                   repeat(0.0, n)), dtype=float, count=n)
+        else:
+            cash, held = 0.0, np.zeros(n)
+        market = self.market
+        return book_nav(held, market.prices, cash,
+                        all_priced=len(market.last_close) == len(market.symbols))
+
+    def _safe_nav(self) -> float | None:
+        try:
+            return self._nav()
+        except Exception as exc:
+            self._error("build_book", exc)
+            return None
+
     # -- state triggers -------------------------------------------------------------------
-    def _check_loss_limits(self, book: Book, day: Any = None) -> None:
-        if not book.nav_valid:
+    def _check_loss_limits(self, nav: float, day: Any = None) -> None:
+        if not nav_valid(nav):
             return  # a held asset without a price: NAV unknown, not a loss
         watch, st = self.nav_watch, self.limits.state
         day_before = watch.day
-        watch.update(book.nav, day)
+        watch.update(nav, day)
         if watch.needs_save() or watch.day != day_before:
             watch.save(self.journal)
         loss = watch.daily_loss
@@ -416,7 +454,7 @@ class RiskGate:
             self.trading.escalate(TradingState(st.daily_loss_action), "DAILY_LOSS_LIMIT",
                                   context={"loss": round(loss, 6),
                                            "limit": st.max_daily_loss_fraction,
-                                           "nav": round(book.nav, 2),
+                                           "nav": round(nav, 2),
                                            "day_start_nav": round(watch.day_start_nav or 0, 2),
                                            "day": watch.day})
         dd = watch.drawdown
@@ -424,7 +462,7 @@ class RiskGate:
             self.trading.escalate(TradingState(st.drawdown_action), "DRAWDOWN_LIMIT",
                                   context={"drawdown": round(dd, 6),
                                            "limit": st.max_drawdown_fraction,
-                                           "nav": round(book.nav, 2),
+                                           "nav": round(nav, 2),
                                            "peak_nav": round(watch.peak_nav or 0, 2)})
 
     def _check_stale(self, now: float) -> None:
@@ -496,8 +534,9 @@ class RiskGate:
         if denial is not None:
             return denial
         book = ctx.book = self._build_book()
+        self._ensure_var(book)  # the bar's first order: the VaR model, the book's risk
         ctx.effect = order_effect(intent, ctx, book)
-        self._check_loss_limits(book)
+        self._check_loss_limits(book.nav)
         self._load_state()  # a loss limit may have tripped just now
         return check_halted(intent, ctx) or evaluate(intent, ctx, PORTFOLIO_CHECKS)
 
@@ -544,9 +583,9 @@ class RiskGate:
     def on_fill(self, fill: Fill) -> None:
         try:
             self._in_flight.pop(fill.client_order_id, None)
-            book = self._safe_book()
-            if book is not None:
-                self._check_loss_limits(book)
+            nav = self._safe_nav()
+            if nav is not None:
+                self._check_loss_limits(nav)
         except Exception as exc:
             self._error("on_fill", exc)
 
@@ -572,14 +611,20 @@ class RiskGate:
         return None
 
     # -- observing ------------------------------------------------------------------------
+    def var_view(self) -> VarView:
+        """This bar's VaR model (prepared now if no order has needed it yet this bar)."""
+        self._ensure_var(self._safe_book())
+        return self.ctx.var
+
     def var_usage(self) -> dict[str, Any]:
         """The book's VaR and CVaR at the last bar as fractions of NAV, with their limits."""
+        book = self._safe_book()
+        self._ensure_var(book)
         view, cfg = self.ctx.var, self.limits.var
         out: dict[str, Any] = {"var": None, "limit": cfg.max_var_fraction, "cvar": None,
                                "cvar_limit": cfg.max_cvar_fraction, "model": cfg.model,
                                "confidence": cfg.confidence, "horizon_bars": cfg.horizon_bars,
                                "bars": view.bars}
-        book = self._safe_book()
         if view.prepared is None:
             out["unavailable"] = view.unavailable
         elif view.book_risk is not None and book is not None and book.nav_valid:

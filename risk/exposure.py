@@ -62,15 +62,8 @@ class Book:
         has not moved yet). `prices` is NaN for an asset never priced: a position there makes
         NAV NaN (unknown, so `nav_valid` fails closed); `all_priced` skips that test."""
         qty = positions + pending
-        if all_priced:
-            values = qty * prices
-            nav = cash + float(positions @ prices)
-        else:
-            unpriced = np.isnan(prices)
-            known = np.where(unpriced, 0.0, prices)
-            values = qty * known
-            nav = math.nan if bool(np.any(positions[unpriced] != 0.0)) else \
-                cash + float(positions @ known)
+        values = qty * (prices if all_priced else np.where(np.isnan(prices), 0.0, prices))
+        nav = book_nav(positions, prices, cash, all_priced)
         return cls(qty=qty, values=values, nav=nav, gross=float(np.abs(values).sum()),
                    net=float(values.sum()))
 
@@ -83,7 +76,24 @@ class Book:
 
     @property
     def nav_valid(self) -> bool:
-        return math.isfinite(self.nav) and self.nav > 0.0
+        return nav_valid(self.nav)
+
+
+def book_nav(positions: np.ndarray, prices: np.ndarray, cash: float,
+             all_priced: bool = False) -> float:
+    """NAV as `Book.build` computes it (cash plus positions at `prices`; NaN when a held asset
+    has no price), without the exposures: the gate's per-bar loss limits need only this, and
+    sharing the arithmetic keeps their NAV bit-identical to the book's."""
+    if all_priced:
+        return cash + float(positions @ prices)
+    unpriced = np.isnan(prices)
+    if bool(np.any(positions[unpriced] != 0.0)):
+        return math.nan
+    return cash + float(positions @ np.where(unpriced, 0.0, prices))
+
+
+def nav_valid(nav: float) -> bool:
+    return math.isfinite(nav) and nav > 0.0
 
 
 def exposure_violation(book: Book, i: int, delta_value: float, limits: RiskLimits,

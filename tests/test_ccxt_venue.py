@@ -303,20 +303,19 @@ def test_execution_report_parsing() -> None:
     def symbol_of(market_id: str) -> str | None:
         return {"BTCUSDT": "BTC/USDT"}.get(market_id)
 
-    def fee(symbol: str, cost: float, asset: str, price: float) -> float:
-        return cost if asset == "USDT" else cost * price
-
-    got = parse_execution_report(report(), symbol_of, fee)
+    got = parse_execution_report(report(), symbol_of)
     assert got.trade is not None
     assert (got.trade.trade_id, got.trade.client_order_id, got.trade.quantity, got.trade.fee) \
         == ("7", "td-1", 0.01, 0.30)
     assert (got.order.status, got.order.average_price, got.order.venue_order_id) == (
         "closed", 30_000.0, "42")
-    base_fee = parse_execution_report(report(n="0.00001", N="BTC"), symbol_of, fee)
-    assert base_fee.trade is not None and base_fee.trade.fee == pytest.approx(0.3)
+    base_fee = parse_execution_report(report(n="0.00001", N="BTC"), symbol_of)
+    assert base_fee.trade is not None  # passed on in BTC, as charged; valued at the price
+    assert (base_fee.trade.fee, base_fee.trade.fee_currency) == (0.00001, "BTC")
+    assert base_fee.trade.fee_quote == pytest.approx(0.3)
     cancel = parse_execution_report(report(x="CANCELED", X="CANCELED", c="cancel-9", C="td-2",
                                            z="0", Z="0", o="LIMIT", p="25000.00"),
-                                    symbol_of, fee)
+                                    symbol_of)
     assert cancel.trade is None
     assert (cancel.order.client_order_id, cancel.order.status, cancel.order.limit_price) == (
         "td-2", "canceled", 25_000.0)
@@ -325,5 +324,5 @@ def test_execution_report_parsing() -> None:
                         (report(L="0"), "malformed"), (report(c="", C=""), "malformed"),
                         (report(q="inf"), "malformed")):
         with pytest.raises(MalformedMessage) as err:
-            parse_execution_report(bad, symbol_of, fee)
+            parse_execution_report(bad, symbol_of)
         assert err.value.reason == reason

@@ -168,3 +168,25 @@ async def test_with_latency_the_venue_commits_before_the_answer_arrives(tmp_path
     assert len(await v.trades_since(T0)) == 1  # but the venue has the trade
     await asyncio.sleep(0.1)
     assert len(reports) == 1
+
+
+async def test_in_memory_store_defers_quiet_bars_to_the_next_transaction(
+        tmp_path: Path) -> None:
+    def stored(v: PaperVenue) -> tuple[str | None, list[tuple[str, float]]]:
+        return v._meta("last_bar_ts"), v._db.execute(
+            "SELECT symbol, last_close FROM markets ORDER BY symbol").fetchall()
+
+    mem, disk = venue(), venue(tmp_path / "paper.sqlite")
+    for v in (mem, disk):
+        v.on_bars(bars(0))
+        v.on_bars(bars(1, btc=101.0, eth=11.0))
+        v.on_bars(bars(2, btc=102.0, eth=12.0))
+    # a file is written every bar (crash recovery); memory waits for a bar that changes orders
+    assert stored(disk)[1] == [("BTC/USDT", 102.0), ("ETH/USDT", 12.0)]
+    assert stored(mem)[1] == [("BTC/USDT", 100.0), ("ETH/USDT", 10.0)]
+    # the next transaction first writes what a commit per bar would have left
+    await mem.submit(buy("c1", qty=1.0))
+    await disk.submit(buy("c1", qty=1.0))
+    assert stored(mem) == stored(disk)
+    await mem.close()
+    await disk.close()

@@ -204,6 +204,31 @@ async def test_targets_are_resolved_on_schedule_without_trading(
         assert e["volatility"] > 0
 
 
+async def test_no_scheduled_solves_while_halted_and_one_at_once_after_the_resume(
+        tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    cfg = config(tmp_path, "[rebalance.schedule]\nevery_bars = 10\n")
+    holder: dict[str, Daemon] = {}
+
+    def on_bar(bar: int) -> None:
+        gate = holder["daemon"].gate
+        if bar == 60:
+            gate.halt("test", by="ops")
+        elif bar == 100:
+            gate.resume(by="ops")
+
+    daemon = Daemon(cfg)
+    holder["daemon"] = daemon
+    watch = Watch(daemon, on_bar=on_bar)
+    await daemon.run(max_bars=130)
+    solved_at = [bar for bar, _ in watch.targets]
+    # the watch and the rebalancer see each BarsClosed in either order: allow one bar
+    assert not [b for b in solved_at if 62 <= b <= 100], solved_at
+    after = [(b, e.reason) for b, e in watch.targets if b > 100]
+    assert after and after[0][0] <= 102 and after[0][1].startswith("schedule"), after
+    assert [e["event"] for e in logs if e["event"].startswith("solves_")] == \
+        ["solves_paused", "solves_resumed"]
+
+
 async def test_regime_change_triggers_a_resolve(tmp_path: Path) -> None:
     cfg = config(tmp_path, "[rebalance.schedule]\nevery_bars = 0\nvol_change = 0.3\n"
                            "vol_window_bars = 12\n")

@@ -512,7 +512,8 @@ def test_var_above_limit_is_rejected_and_lowering_risk_always_passes() -> None:
 def test_other_var_models_are_selectable(model: str) -> None:
     h = Harness(limits(var=VarConfig(model=model, max_var_fraction=0.002,
                                      max_cvar_fraction=1.0, mc_paths=500)))
-    assert h.gate.ctx.var.prepared is not None and h.gate.ctx.var.prepared.model == model
+    view = h.gate.var_view()
+    assert view.prepared is not None and view.prepared.model == model
     assert h.code(value=20_000.0) == "VAR_ABOVE_LIMIT"
     assert h.code(value=500.0) is None
 
@@ -526,11 +527,12 @@ def test_var_unavailable_until_enough_history_then_short_window() -> None:
     assert h.code(h.intent(side=Side.SELL, value=1_000.0)) is None  # reducing passes
     for _ in range(11):
         h.step()
-    assert h.gate.ctx.var.prepared is not None and h.gate.ctx.var.bars == 30
+    view = h.gate.var_view()
+    assert view.prepared is not None and view.bars == 30
     assert h.code() is None
 
 
-def test_var_model_is_prepared_once_per_bar_and_book_risk_reused(
+def test_var_model_is_prepared_once_per_bar_with_orders_and_book_risk_reused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     prepares: list[int] = []
     evaluations: list[int] = []
@@ -549,21 +551,23 @@ def test_var_model_is_prepared_once_per_bar_and_book_risk_reused(
     monkeypatch.setattr(var_module.ParametricRisk, "var", counting_var)
     h = Harness(limits(var=VarConfig(max_var_fraction=0.002, max_cvar_fraction=1.0)),
                 warmup=35)
-    assert len(prepares) == 35 - 30  # from the first bar with 30 returns
-    prepares.clear()
-    evaluations.clear()
-    # above the limit, so the rule needs the book's risk too: it comes from the bar
+    assert prepares == [] and evaluations == []  # bars without orders prepare nothing
+    # the bar's first order prepares the model and the book's risk (one evaluation); above
+    # the limit, the rule needs the book's risk too: it is reused, plus one for "after"
     assert h.code(value=20_000.0) == "VAR_ABOVE_LIMIT"
-    assert len(evaluations) == 1
+    assert len(prepares) == 1 and len(evaluations) == 2
     for value in (1_000.0, 1_100.0, 1_200.0):
         assert h.code(value=value) is None
-    assert len(evaluations) == 4  # one per order: the book after it
-    assert prepares == []
+    assert len(evaluations) == 5  # one per order: the book after it
+    assert len(prepares) == 1
     # the book has changed (three approved orders): "before" is evaluated, not stale
     assert h.code(value=20_100.0) == "VAR_ABOVE_LIMIT"
-    assert len(evaluations) == 6
+    assert len(evaluations) == 7
     h.step()
-    assert len(prepares) == 1
+    h.step()
+    assert len(prepares) == 1  # not until an order needs it
+    h.code(value=1_000.0)
+    assert len(prepares) == 2  # once for the two bars' window, the newest
 
 
 def test_an_order_in_a_symbol_without_clean_history_cannot_add_risk() -> None:
@@ -824,4 +828,4 @@ def test_new_limits_at_runtime_keep_windows_state_and_history() -> None:
     assert prepared is not None and prepared.model == "historical"
     assert h.gate.ctx.groups[0].name == "g"
     h.step()
-    assert h.gate.ctx.var.bars == 30
+    assert h.gate.var_view().bars == 30

@@ -72,6 +72,9 @@ idle_timeout_s = 0.5            # bars come every few ms: half a second of silen
 ping_interval_s = 5.0
 reconnect_min_s = 0.05
 reconnect_max_s = 0.3
+# a loaded CI machine can stretch replies past the 0.5 s timeout several times in a row; give
+# REST enough tries that recovery, not luck, decides whether a bar group is complete
+backfill_attempts = 40
 """
 
 FAULTS = FaultConfig(http_429=0.01, http_5xx=0.02, http_timeout=0.01, timeout_hold_s=1.0,

@@ -10,10 +10,13 @@ Execution model (deliberately simple and deterministic):
   maker, at its own limit price when a later bar trades through it: `low <= price` for a buy,
   `high >= price` for a sell. IOC/FOK orders that cannot fill at once expire. LIMIT_MAKER
   orders that would take are rejected.
-* Fees: `fee_bps` of the quote notional, charged in the QUOTE asset on both sides, for makers
-  and takers alike. Binance charges the asset received (base on a buy) by default; charging quote
-  keeps a buy's base quantity exactly the ordered quantity (no fee dust to sweep) and matches
-  `daemon.events.Fill.fee` (quote). A resting buy locks `qty * price * (1 + fee)`.
+* Fees: `fee_bps` of what is received, for makers and takers alike, charged by `fee_asset`:
+  "quote" (the default) charges the QUOTE asset on both sides, which keeps a buy's base
+  quantity exactly the ordered quantity (no fee dust to sweep); a resting buy then locks
+  `qty * price * (1 + fee)`. "received" is Binance's own default: a buy pays `qty * fee` in the
+  BASE asset (rounded to 8 places) and is credited `qty - fee`, a sell pays in quote; a buy
+  then locks only `qty * price`. Trades, myTrades (`commission`, `commissionAsset`) and
+  executionReports (`n`, `N`) report the asset charged.
 * Timestamps are market time: an order placed between bars is stamped with the close time of
   the last bar, a resting fill with the close time of the bar that filled it.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, Literal
 
 from daemon.events import Bar
 
@@ -33,6 +36,7 @@ from .markets import EIGHT, SymbolSpec, dec, market_id
 from .state import ZERO, Account, Order, Trade
 
 UserListener = Callable[[dict[str, Any]], None]
+FeeAsset = Literal["quote", "received"]
 DAY_MS = 86_400_000
 
 
@@ -54,10 +58,14 @@ def _q8(x: Decimal) -> Decimal:
 
 class MatchingEngine:
     def __init__(self, specs: dict[str, SymbolSpec], account: Account, fee_bps: float = 10.0,
-                 slippage_bps: float = 0.0, unique_client_ids: bool = True) -> None:
+                 slippage_bps: float = 0.0, unique_client_ids: bool = True,
+                 fee_asset: FeeAsset = "quote") -> None:
+        if fee_asset not in ("quote", "received"):
+            raise ValueError(f"fee_asset {fee_asset!r}: must be 'quote' or 'received'")
         self.specs = specs
         self.account = account
         self.fee_rate = dec(fee_bps) / 10_000
+        self.fee_asset = fee_asset
         self.slip = dec(slippage_bps) / 10_000
         self.unique_client_ids = unique_client_ids
         self.last_price: dict[str, Decimal] = {}
@@ -234,25 +242,34 @@ class MatchingEngine:
 
     def _cost(self, qty: Decimal, price: Decimal) -> Decimal:
         notional = _q8(qty * price)
+        if self.fee_asset == "received":
+            return notional  # the fee comes out of the base asset received
         return notional + _q8(notional * self.fee_rate)
 
     def _fill(self, order: Order, spec: SymbolSpec, price: Decimal, is_maker: bool) -> Trade:
         acct = self.account
         qty = order.orig_qty - order.executed_qty
         quote = _q8(qty * price)
-        fee = _q8(quote * self.fee_rate)
-        if order.side == "BUY":
+        fee_asset = spec.quote
+        if order.side == "BUY" and self.fee_asset == "received":
+            fee_asset, fee = spec.base, _q8(qty * self.fee_rate)
+            acct.spend_locked(spec.quote, quote)
+            order.locked -= quote
+            acct.credit(spec.base, qty - fee)
+        elif order.side == "BUY":
+            fee = _q8(quote * self.fee_rate)
             acct.spend_locked(spec.quote, quote + fee)
             order.locked -= quote + fee
             acct.credit(spec.base, qty)
         else:
+            fee = _q8(quote * self.fee_rate)
             acct.spend_locked(spec.base, qty)
             order.locked -= qty
             acct.credit(spec.quote, quote - fee)
         trade = Trade(trade_id=acct.next_trade_id, order_id=order.order_id,
                       client_order_id=order.client_order_id, symbol_id=spec.id,
                       side=order.side, price=price, qty=qty, quote_qty=quote, commission=fee,
-                      commission_asset=spec.quote, time=self.now_ms, is_maker=is_maker)
+                      commission_asset=fee_asset, time=self.now_ms, is_maker=is_maker)
         acct.next_trade_id += 1
         acct.trades.append(trade)
         order.executed_qty += qty

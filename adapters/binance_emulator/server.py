@@ -26,7 +26,7 @@ from .bars import INTERVALS, BarSource, CsvBars, KlineHistory, SyntheticBars, fr
 from .faults import FaultConfig, FaultInjector
 from .http_api import ApiContext, build_app
 from .markets import SymbolSpec, dec, default_rules, market_id
-from .matching import MatchingEngine
+from .matching import FeeAsset, MatchingEngine
 from .state import Account, Order, Trade
 from .ws_api import ListenKeys, StreamHub
 
@@ -82,7 +82,8 @@ class BinanceEmulator:
     Bars come from `bar_source`; the first `history_bars` timestamps are closed at construction
     (history for REST klines and the first last-price), after that the market moves only on
     `await advance()` or, with `bar_period_s`, on a timer. Market filters come from `markets`
-    or `MarketRules.synthetic` at each symbol's first price.
+    or `MarketRules.synthetic` at each symbol's first price. `fee_asset`: "quote" charges
+    every fee in the quote asset, "received" as Binance does by default (see `matching`).
     """
 
     def __init__(self, symbols: Sequence[str], bar_source: BarSource,
@@ -92,7 +93,7 @@ class BinanceEmulator:
                  seed: int = 0, *, host: str = "127.0.0.1", port: int = 0, ws_port: int = 0,
                  history_bars: int = 100, bar_period_s: float | None = None,
                  markets: Mapping[str, MarketRules] | None = None,
-                 unique_client_order_ids: bool = True) -> None:
+                 unique_client_order_ids: bool = True, fee_asset: FeeAsset = "quote") -> None:
         missing = set(symbols) - set(bar_source.symbols)
         if missing:
             raise ValueError(f"bar source has no bars for {sorted(missing)}")
@@ -133,7 +134,7 @@ class BinanceEmulator:
         for asset, amount in (balances if balances is not None else {"USDT": 10_000.0}).items():
             account.credit(asset, dec(amount))
         self.engine = MatchingEngine(specs, account, fee_bps, slippage_bps,
-                                     unique_client_order_ids)
+                                     unique_client_order_ids, fee_asset)
         self.engine.subscribe(self._hub.publish_user)
         for bars in warmup:
             self._close(bars, publish=False)
