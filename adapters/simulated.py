@@ -110,7 +110,7 @@ class SimulatedMarketConfig:
     garch_beta: float = field(default=0.90, metadata={
         "doc": "GARCH(1,1) persistence of variance; alpha + beta < 1", "min": 0.0, "max": 1.0,
         "exclusive_max": True})
-    daily_volume_quote: float = field(default=50_000_000.0, metadata={
+    daily_volume_quote: float = field(default=500_000_000.0, metadata={
         "doc": "mean quote-currency notional traded per symbol per day", "unit": "quote",
         "min": 0.0, "exclusive_min": True})
 

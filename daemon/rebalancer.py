@@ -53,7 +53,14 @@ from risk.allocation import (
 from risk.market_rules import MarketRules
 from risk.rebalance_policy import CostConfig, PolicyConfig
 from risk.resolve_schedule import ScheduleConfig, realised_vol, resolve_reason
-from risk.trade_plan import TradePlan, drift, limit_price, plan_orders, weights_after
+from risk.trade_plan import (
+    TradePlan,
+    cap_participation,
+    drift,
+    limit_price,
+    plan_orders,
+    weights_after,
+)
 from risk.triggers import TriggerConfig
 
 log = structlog.get_logger("rebalancer")
@@ -154,6 +161,9 @@ class Rebalancer:
         # an order FILLED before its Fill crosses the bus): cash and positions are stale then,
         # and a decision on them could buy with money already spent
         self.fills_in_flight: Callable[[], int] = lambda: 0
+        # most of a symbol one decision may trade (the gate's participation limit), wired by
+        # the app; the drift beyond it is traded on later bars
+        self.participation_cap: Callable[[str], float] = lambda symbol: math.inf
 
     # -- operator ---------------------------------------------------------------------------
     def request_rebalance(self, reason: str) -> str:
@@ -552,12 +562,14 @@ class Rebalancer:
         buffer = 0.005
         if self.cfg.policy.order_type == "limit":
             buffer += self.cfg.policy.limit_offset_bps / BPS  # buys may pay up to the limit
-        return plan_orders(nav=self.portfolio.nav, cash=self._free_cash(),
+        plan = plan_orders(nav=self.portfolio.nav, cash=self._free_cash(),
                            positions=self._effective_positions(), prices=self.portfolio.prices,
                            targets=goal, rules=self.rules(),
                            min_trade_notional=self.cfg.min_trade_notional,
                            fee_rate=self.fee_rate, price_buffer=buffer,
                            max_child_notional=self.cfg.max_child_notional)
+        return cap_participation(plan, self.participation_cap, self.rules(),
+                                 self.cfg.min_trade_notional)
 
     def _reducing_only(self, plan: TradePlan) -> TradePlan:
         """REDUCING: keep only orders that move a position toward zero, no further."""

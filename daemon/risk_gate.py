@@ -193,6 +193,18 @@ class RiskGate:
     def _now_wall(self) -> float:
         return self.monotonic()
 
+    # -- sizing: what the proposer should respect ------------------------------------------
+    def participation_cap(self, symbol: str) -> float:
+        """The largest quantity of `symbol` one decision should trade: `max_volume_share` of
+        the recent average bar volume. The gate checks it per order, so children of a split
+        order would each pass while together trading far more of a bar; the rebalancer caps the
+        whole decision with this and leaves the rest of the drift to later bars. (Notional and
+        quantity limits are per order: splitting is how a large trade respects them.)"""
+        avg = self.market.avg_volume.get(symbol, 0.0)
+        if not avg > 0.0:
+            return 0.0  # the gate would refuse it (VOLUME_UNKNOWN)
+        return self.limits.max_volume_share * avg
+
     # -- the trading state: API for the control socket --------------------------------------
     @property
     def state(self) -> TradingState:

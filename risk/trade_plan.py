@@ -11,7 +11,7 @@ limit prices are rounded to the tick.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from daemon.events import Side
@@ -133,3 +133,29 @@ def split(order: PlannedOrder, rule: MarketRules, max_notional: float) -> list[P
     if last > 0:
         children.append(PlannedOrder(order.symbol, order.side, last, order.reference_price))
     return children
+
+
+def cap_participation(plan: TradePlan, cap: Callable[[str], float],
+                      rules: Mapping[str, MarketRules], min_trade_notional: float) -> TradePlan:
+    """Trim each symbol's orders (children in plan order) so that together they trade at most
+    `cap(symbol)`, on the lot step; a child cut below the exchange's or our minimum is dropped.
+    The drift left over is traded by later decisions, a bar's participation at a time."""
+    left: dict[str, float] = {}
+    kept: list[PlannedOrder] = []
+    for order in plan.orders:
+        room = left.setdefault(order.symbol, cap(order.symbol))
+        if order.quantity <= room:
+            kept.append(order)
+            left[order.symbol] = room - order.quantity
+            continue
+        rule = rules[order.symbol]
+        qty = rule.floor_qty(room)
+        left[order.symbol] = 0.0
+        if qty >= rule.min_qty and qty > 0 \
+                and qty * order.reference_price >= max(min_trade_notional, rule.min_notional):
+            kept.append(PlannedOrder(order.symbol, order.side, qty, order.reference_price))
+    if len(kept) == len(plan.orders) and all(a is b for a, b in zip(kept, plan.orders,
+                                                                    strict=True)):
+        return plan
+    return TradePlan(orders=kept, buys_deferred=plan.buys_deferred)
+

@@ -243,8 +243,11 @@ async def test_regime_change_triggers_a_resolve(tmp_path: Path) -> None:
 # -- working orders ------------------------------------------------------------------------
 
 async def test_drift_counts_working_orders_so_a_drift_is_traded_once(tmp_path: Path) -> None:
-    # targets fixed after the first solve, so the only drift is the market's; a 5 pp band
-    cfg = config(tmp_path, "band = 0.05\n[rebalance.schedule]\nevery_bars = 0\n")
+    # targets fixed after the first solve, so the only drift is the market's; a 5 pp band;
+    # participation unbounded so the deployment is one decision (tests/test_participation.py
+    # covers trading a large drift in slices)
+    cfg = config(tmp_path, "band = 0.05\n[rebalance.schedule]\nevery_bars = 0\n",
+                 tables="[risk]\nmax_volume_share = 1.0\n")
     box: list[Daemon] = []
     seen: dict[str, Any] = {}
 
