@@ -241,14 +241,14 @@ def build_exchange(cfg: ExchangeConfig, credentials: Credentials | None = None) 
     if cfg.rest_url or cfg.ws_url:
         for key in ("api", "test", "demo", "demotrading"):
             if isinstance(exchange.urls.get(key), dict | str):
-                exchange.urls[key] = _rewrite(exchange.urls[key], cfg.rest_url, cfg.ws_url)
+                exchange.urls[key] = rewrite_urls(exchange.urls[key], cfg.rest_url, cfg.ws_url)
     return exchange
 
 
-def _rewrite(node: Any, http_base: str, ws_base: str) -> Any:
+def rewrite_urls(node: Any, http_base: str, ws_base: str) -> Any:
     """Keep each URL's path, replace scheme and host (REST by `http_base`, ws by `ws_base`)."""
     if isinstance(node, dict):
-        return {k: _rewrite(v, http_base, ws_base) for k, v in node.items()}
+        return {k: rewrite_urls(v, http_base, ws_base) for k, v in node.items()}
     if isinstance(node, str) and "://" in node:
         parts = urlsplit(node)
         base = ws_base if parts.scheme in ("ws", "wss") else http_base

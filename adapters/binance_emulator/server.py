@@ -13,10 +13,10 @@ from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from adapters.ccxt_exchange import rewrite_urls
 from daemon.events import Bar
 from risk.market_rules import MarketRules
 
@@ -318,7 +318,7 @@ def configure_ccxt(exchange: Any, emu: BinanceEmulator, *, spot_only: bool = Tru
     """
     for key in ("api", "test", "demo"):
         if isinstance(exchange.urls.get(key), dict):
-            exchange.urls[key] = _rewrite(exchange.urls[key], emu.http_url, emu.ws_url)
+            exchange.urls[key] = rewrite_urls(exchange.urls[key], emu.http_url, emu.ws_url)
     if not exchange.apiKey:
         exchange.apiKey, exchange.secret = emu.api_key, emu.api_secret
     if spot_only:
@@ -328,16 +328,6 @@ def configure_ccxt(exchange: Any, emu: BinanceEmulator, *, spot_only: bool = Tru
         exchange.options["fetchCurrencies"] = False
         exchange.options["fetchMargins"] = False
     return exchange
-
-
-def _rewrite(node: Any, http_base: str, ws_base: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _rewrite(v, http_base, ws_base) for k, v in node.items()}
-    if isinstance(node, str) and "://" in node:
-        parts = urlsplit(node)
-        base = ws_base if parts.scheme in ("ws", "wss") else http_base
-        return base + parts.path + (f"?{parts.query}" if parts.query else "")
-    return node
 
 
 # ---- CLI entry ------------------------------------------------------------------------------
