@@ -121,21 +121,11 @@ class CcxtVenue:
                                        if self._environ is not None else None)
         self._secrets = credentials.secrets()
         self.exchange = build_exchange(self.cfg, credentials)
-        try:
-            await self._startup("load_markets", self.load_markets)
-        except BaseException:
-            await self.exchange.close()
-            self.exchange = None
-            raise
+        await self._startup("load_markets", self.load_markets)
 
     async def start(self) -> None:
         await self.connect()
-        try:
-            await self._startup("trade_cursor", self._init_cursors)
-        except BaseException:
-            await self.exchange.close()
-            self.exchange = None
-            raise
+        await self._startup("trade_cursor", self._init_cursors)
         self._tasks = [asyncio.create_task(self._refresh_markets_loop(), name="market-refresh"),
                        asyncio.create_task(self._fills_loop(), name="fills-poll")]
         if self.cfg.id == "binance" and self.cfg.stream.user_stream:
@@ -167,16 +157,25 @@ class CcxtVenue:
         return out
 
     async def _startup(self, what: str, step: Any) -> None:
+        """Run a start-up step, retrying transient errors; if it fails for good, close the
+        exchange (its HTTP session) so a failed start leaves nothing open."""
         backoff = Backoff(0.5, 8.0)
-        for attempt in range(1, _STARTUP_ATTEMPTS + 1):
-            try:
-                await step()
-                return
-            except TransientVenueError as exc:
-                if attempt == _STARTUP_ATTEMPTS:
-                    raise
-                log.warning("venue_start_retry", step=what, attempt=attempt, error=str(exc))
-                await asyncio.sleep(max(backoff.next_delay(), exc.retry_after or 0.0))
+        try:
+            for attempt in range(1, _STARTUP_ATTEMPTS + 1):
+                try:
+                    await step()
+                    return
+                except TransientVenueError as exc:
+                    if attempt == _STARTUP_ATTEMPTS:
+                        raise
+                    log.warning("venue_start_retry", step=what, attempt=attempt,
+                                error=str(exc))
+                    await asyncio.sleep(max(backoff.next_delay(), exc.retry_after or 0.0))
+        except BaseException:
+            assert self.exchange is not None
+            await self.exchange.close()
+            self.exchange = None
+            raise
 
     def markets(self) -> dict[str, MarketRules]:
         return dict(self._rules)
