@@ -1,10 +1,20 @@
-"""Binance's user data stream: executionReport events over a websocket opened with a listen key.
+"""Binance's user data stream: executionReport events pushed over a websocket.
 
-The listen key is created with POST /api/v3/userDataStream, kept alive with a PUT every
-`listen_key_keepalive_s` (Binance expires it after 60 minutes without one) and closed with a
-DELETE at shutdown. The stream reconnects with capped, jittered backoff and a fresh key; each
-(re)connection calls `on_connected`, which the venue answers with a REST catch-up poll, since
-whatever happened while the stream was down was not pushed to us.
+Two ways to open it (`[exchange.stream] user_stream_api`):
+
+* `ws_api` (default): a connection to the WebSocket API and one signed
+  `userDataStream.subscribe.signature` request; events arrive wrapped as
+  `{"subscriptionId": n, "event": {...}}`, and `eventStreamTerminated` ends the subscription
+  (we reconnect and subscribe again). Binance retired listen keys for Spot on 2026-02-20, so
+  this is the only way left there. The request is signed by the venue (`UserStreamAuth`): the
+  secret never reaches this module.
+* `listen_key`: the listen key is created with POST /api/v3/userDataStream, kept alive with a
+  PUT every `listen_key_keepalive_s` (it expires after 60 minutes without one) and closed with
+  a DELETE at shutdown; the stream is `/ws/<listenKey>`.
+
+Either way the stream reconnects with capped, jittered backoff; each (re)connection calls
+`on_connected`, which the venue answers with a REST catch-up poll, since whatever happened
+while the stream was down was not pushed to us.
 
 Parsing is separate (`parse_execution_report`) and total: a malformed message is counted and
 dropped, never raised into the daemon. The listen key is a bearer secret for the account's
@@ -17,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import math
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +58,17 @@ class ListenKeyApi(Protocol):
     async def keepalive_listen_key(self, key: str) -> None: ...
 
     async def close_listen_key(self, key: str) -> None: ...
+
+
+class UserStreamAuth(ListenKeyApi, Protocol):
+    def ws_api_signed_params(self) -> dict[str, Any]:
+        """`params` of a signed WebSocket API request: apiKey, timestamp, signature."""
+        ...
+
+
+SUBSCRIBE_TIMEOUT_S = 10.0
+# The WebSocket API's answers that mean the key or its signature is wrong, not the network
+_AUTH_CODES = {-1022, -2014, -2015}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +148,12 @@ def parse_execution_report(msg: dict[str, Any], symbol_of: Callable[[str], str |
 class BinanceUserStream:
     """Keeps one user-data connection alive and hands every message to `on_message`."""
 
-    def __init__(self, ws_base: str, api: ListenKeyApi, cfg: StreamConfig,
+    def __init__(self, ws_base: str, api: UserStreamAuth, cfg: StreamConfig,
                  on_message: Callable[[dict[str, Any]], None],
                  on_connected: Callable[[], Awaitable[None] | None],
-                 redact: Callable[[str], str]) -> None:
+                 redact: Callable[[str], str], ws_api_url: str = "") -> None:
         self.ws_base = ws_base.rstrip("/")
+        self.ws_api_url = ws_api_url
         self.api = api
         self.cfg = cfg
         self.on_message = on_message
@@ -166,12 +189,12 @@ class BinanceUserStream:
             except asyncio.CancelledError:
                 raise
             except AuthenticationVenueError as exc:
-                self.counters["listen_key_refused"] += 1
+                self.counters["auth_refused"] += 1
                 log.error("user_stream_auth_failed", error=self.redact(str(exc)),
                           fallback="REST polling of own trades")
             except VenueError as exc:
-                self.counters["listen_key_failures"] += 1
-                log.warning("user_stream_listen_key_failed", error=self.redact(str(exc)))
+                self.counters["subscribe_failures"] += 1
+                log.warning("user_stream_subscribe_failed", error=self.redact(str(exc)))
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake,
                     InvalidURI) as exc:
                 log.warning("user_stream_disconnected",
@@ -184,20 +207,91 @@ class BinanceUserStream:
             await asyncio.sleep(backoff.next_delay())
 
     async def _session(self, backoff: Backoff) -> None:
+        if self.cfg.user_stream_api == "ws_api":
+            await self._ws_api_session(backoff)
+        else:
+            await self._listen_key_session(backoff)
+
+    def _connect(self, url: str) -> Any:
+        return connect(url, ping_interval=self.cfg.ping_interval_s,
+                       ping_timeout=self.cfg.ping_interval_s, open_timeout=10,
+                       close_timeout=2, max_size=2**20, compression=None)
+
+    async def _connected(self) -> None:
+        self.live = True
+        self.counters["connects"] += 1
+        log.info("user_stream_connected", connects=self.counters["connects"],
+                 api=self.cfg.user_stream_api)
+        result = self.on_connected()
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def _ws_api_session(self, backoff: Backoff) -> None:
+        async with self._connect(self.ws_api_url) as ws:
+            try:
+                sid = await self._subscribe(ws)
+                self.counters["subscriptions"] += 1
+                log.info("user_stream_subscribed", subscription_id=sid)
+                await self._connected()
+                async for raw in ws:
+                    backoff.reset()  # the connection works: the next failure starts afresh
+                    if self._handle_ws_api(raw):
+                        return  # eventStreamTerminated: a new connection, a new subscription
+            finally:
+                self.live = False
+
+    async def _subscribe(self, ws: Any) -> int:
+        """Send the signed subscription and wait for its answer; its subscriptionId."""
+        rid = uuid.uuid4().hex
+        await ws.send(json.dumps({"id": rid, "method": "userDataStream.subscribe.signature",
+                                  "params": self.api.ws_api_signed_params()}))
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            while True:
+                try:
+                    reply = json.loads(await ws.recv())
+                except (ValueError, TypeError):
+                    self.counters["dropped_malformed"] += 1
+                    continue
+                if isinstance(reply, dict) and reply.get("id") == rid:
+                    break
+        result, error = reply.get("result"), reply.get("error")
+        if reply.get("status") == 200 and isinstance(result, dict) and \
+                isinstance(result.get("subscriptionId"), int):
+            return int(result["subscriptionId"])
+        code = error.get("code") if isinstance(error, dict) else None
+        text = (f"userDataStream.subscribe.signature refused: status {reply.get('status')!r}, "
+                f"code {code!r}, {error.get('msg') if isinstance(error, dict) else reply!r}")
+        if code in _AUTH_CODES:
+            raise AuthenticationVenueError(text)
+        raise VenueError(text)
+
+    def _handle_ws_api(self, raw: str | bytes) -> bool:
+        """One WebSocket API message; True when the subscription ended."""
+        try:
+            msg = json.loads(raw)
+        except (ValueError, TypeError):
+            self.counters["dropped_malformed"] += 1
+            return False
+        event = msg.get("event") if isinstance(msg, dict) else None
+        if not isinstance(event, dict):
+            # a reply to a request we did not send, or garbage: nothing we can use
+            self.counters["dropped_malformed" if not isinstance(msg, dict) or "id" not in msg
+                          else "replies_ignored"] += 1
+            return False
+        if event.get("e") == "eventStreamTerminated":
+            self.counters["stream_terminated"] += 1
+            log.warning("user_stream_terminated", subscription_id=msg.get("subscriptionId"))
+            return True
+        return self._dispatch(event)
+
+    async def _listen_key_session(self, backoff: Backoff) -> None:
         self._key = await self.api.create_listen_key()
         register_secret(self._key)  # scrubbed from every log line, whoever logs it
         url = f"{self.ws_base}/ws/{self._key}"
-        async with connect(url, ping_interval=self.cfg.ping_interval_s,
-                           ping_timeout=self.cfg.ping_interval_s, open_timeout=10,
-                           close_timeout=2, max_size=2**20, compression=None) as ws:
+        async with self._connect(url) as ws:
             keepalive = asyncio.create_task(self._keepalive(ws), name="listen-key-keepalive")
             try:
-                self.live = True
-                self.counters["connects"] += 1
-                log.info("user_stream_connected", connects=self.counters["connects"])
-                result = self.on_connected()
-                if asyncio.iscoroutine(result):
-                    await result
+                await self._connected()
                 async for raw in ws:
                     backoff.reset()  # the connection works: the next failure starts afresh
                     if self._handle(raw):
@@ -216,6 +310,10 @@ class BinanceUserStream:
         if not isinstance(msg, dict):
             self.counters["dropped_malformed"] += 1
             return False
+        return self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> bool:
+        """Hand one event to `on_message`; True when the listen key expired."""
         event = msg.get("e")
         if event == "listenKeyExpired":
             self.counters["listen_key_expired"] += 1

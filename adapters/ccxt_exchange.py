@@ -34,6 +34,11 @@ from daemon.settings import ConfigError
 BINANCE_WS = {"live": "wss://stream.binance.com:9443",
               "sandbox": "wss://stream.testnet.binance.vision",
               "demo": "wss://demo-stream.binance.com"}
+# The WebSocket API (ccxt's urls.api.ws['ws-api'].spot): the user data stream since listen keys
+# were retired for Spot on 2026-02-20
+BINANCE_WS_API = {"live": "wss://ws-api.binance.com:443/ws-api/v3",
+                  "sandbox": "wss://ws-api.testnet.binance.vision/ws-api/v3",
+                  "demo": "wss://demo-ws-api.binance.com/ws-api/v3"}
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,17 @@ class StreamConfig:
     warmup_bars: int | None = field(default=None, metadata={
         "doc": "closed bars fetched over REST at start so the allocator has history at once; "
                "unset = allocation.lookback_bars + 1; 0 = none", "min": 0, "max": 1000})
+    user_stream_api: str = field(default="ws_api", metadata={
+        "doc": "binance: how the user data stream is opened. ws_api = a signed "
+               "userDataStream.subscribe.signature on the WebSocket API (HMAC keys); "
+               "listen_key = the REST listen key Binance retired for Spot on 2026-02-20 "
+               "(for venues that still serve it)", "choices": ("ws_api", "listen_key")})
     user_stream: bool = field(default=True, metadata={
-        "doc": "binance: fills from the user data stream (listen key); REST polling of own "
+        "doc": "binance: fills from the user data stream (user_stream_api); REST polling of own "
                "trades always backs it up"})
     listen_key_keepalive_s: float = field(default=1800.0, metadata={
-        "doc": "PUT keep-alive period of the listen key (Binance expires it after 60 min)",
+        "doc": "user_stream_api = listen_key: PUT keep-alive period of the listen key "
+               "(Binance expires it after 60 min)",
         "min": 1.0, "max": 3500.0, "unit": "s"})
 
 
@@ -142,6 +153,15 @@ class ExchangeConfig:
             raise ConfigError("exchange.id", self.id,
                               "websocket market data is implemented for binance only")
         return BINANCE_WS[self.environment]
+
+    def ws_api_url(self) -> str:
+        """The WebSocket API endpoint (with ws_url set: its host, Binance's path)."""
+        if self.ws_url:
+            return self.ws_url.rstrip("/") + "/ws-api/v3"
+        if self.id != "binance":
+            raise ConfigError("exchange.id", self.id,
+                              "the websocket user data stream is implemented for binance only")
+        return BINANCE_WS_API[self.environment]
 
 
 # ---- construction ---------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import math
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -53,6 +55,7 @@ from adapters.ccxt_exchange import (
 from adapters.tasks import stop_task
 from adapters.throttle import Backoff, TokenBucket
 from adapters.venue import (
+    AuthenticationVenueError,
     OrderListener,
     OrderNotFound,
     OrderRequest,
@@ -131,7 +134,7 @@ class CcxtVenue:
         if self.cfg.id == "binance" and self.cfg.stream.user_stream:
             self.user_stream = BinanceUserStream(
                 self.cfg.market_ws_url(), self, self.cfg.stream, self._on_stream_message,
-                self._on_stream_connected, self._redact)
+                self._on_stream_connected, self._redact, ws_api_url=self.cfg.ws_api_url())
             self.user_stream.start()
         log.info("venue_started", exchange=self.cfg.id, environment=self.cfg.environment,
                  markets={s: {"step": r.amount_step, "tick": r.price_tick,
@@ -657,7 +660,26 @@ class CcxtVenue:
                 self.counters["poll_failures"] += 1
                 log.error("fills_poll_error", error=self._redact(f"{type(exc).__name__}: {exc}"))
 
-    # ---- listen key (the user stream's REST side) ----------------------------------------
+    # ---- the user stream's authentication ---------------------------------------------------
+
+    def ws_api_signed_params(self) -> dict[str, Any]:
+        """Signed params of userDataStream.subscribe.signature (Binance's WebSocket API rule:
+        every param but the signature, sorted by name, `k=v` joined by `&`, HMAC-SHA256 with
+        the secret). The timestamp is ccxt's nonce: the exchange clock as ccxt tracks it."""
+        ex = self.exchange
+        if ex is None or not ex.apiKey or not ex.secret:
+            raise AuthenticationVenueError("no API key and secret to sign the user stream with")
+        if "PRIVATE KEY" in ex.secret:
+            raise AuthenticationVenueError(
+                "user_stream_api = ws_api signs with HMAC keys only; this secret is an RSA or "
+                "Ed25519 key (fills still arrive by REST polling)")
+        params: dict[str, Any] = {"apiKey": ex.apiKey, "timestamp": int(ex.nonce())}
+        payload = "&".join(f"{k}={params[k]}" for k in sorted(params))
+        params["signature"] = hmac.new(ex.secret.encode(), payload.encode(),
+                                       hashlib.sha256).hexdigest()
+        return params
+
+    # ---- listen key (the user stream's REST side, user_stream_api = listen_key) -----------
 
     async def create_listen_key(self) -> str:
         reply = await self._call("publicPostUserDataStream")

@@ -269,7 +269,8 @@ async def test_order_by_exchange_id(venue: CcxtVenue) -> None:
 
 async def test_listen_key_keepalive_and_expiry(emu: BinanceEmulator) -> None:
     cfg = exchange_cfg(emu)
-    cfg = replace(cfg, stream=replace(cfg.stream, listen_key_keepalive_s=1.0))
+    cfg = replace(cfg, stream=replace(cfg.stream, user_stream_api="listen_key",
+                                      listen_key_keepalive_s=1.0))
     venue = CcxtVenue(cfg, SYMBOLS, "USDT", environ=KEYS)
     await venue.start()
     try:
@@ -286,6 +287,75 @@ async def test_listen_key_keepalive_and_expiry(emu: BinanceEmulator) -> None:
         assert stream.live and stream.counters["listen_key_expired"] == 1
     finally:
         await venue.close()
+
+
+async def test_ws_api_stream_resubscribes_after_termination(venue: CcxtVenue,
+                                                            emu: BinanceEmulator) -> None:
+    rec = Recorder(venue)
+    stream = venue.user_stream
+    assert stream is not None and stream.cfg.user_stream_api == "ws_api"  # the default
+    await until(lambda: stream.live)
+    assert stream.secrets() == ()  # no listen key: nothing bearer-like to scrub
+    assert emu._hub.terminate_user_streams() == 1  # Binance ends the subscription
+    await until(lambda: stream.counters["connects"] == 2 and stream.live)
+    assert stream.counters["stream_terminated"] == 1 and stream.counters["subscriptions"] == 2
+    # fills still arrive on the new subscription, as themselves, once
+    await venue.submit(market("td-ws-1", 0.001))
+    await until(lambda: venue.counters["stream_trades"] >= 1)
+    assert [t.client_order_id for t in rec.trades] == ["td-ws-1"]
+    # garbage inside the wrapper is counted, never raised
+    emu._hub.publish_user({"e": "executionReport", "s": "BTCUSDT", "X": "NEW"})
+    await until(lambda: venue.counters["stream_dropped_malformed"] == 1)
+    assert stream.live
+
+
+class _Signer:
+    """The venue's signing replaced by a wrong one; the network and the emulator are real."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def ws_api_signed_params(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+async def test_ws_api_refused_signature_is_an_auth_failure(emu: BinanceEmulator) -> None:
+    from adapters.binance_user_stream import BinanceUserStream
+
+    cfg = exchange_cfg(emu).stream
+    signer = _Signer({"apiKey": DEFAULT_API_KEY, "timestamp": 1, "signature": "0" * 64})
+    connected: list[int] = []
+    stream = BinanceUserStream("", signer, cfg, lambda msg: None,  # type: ignore[arg-type]
+                               lambda: connected.append(1), str,
+                               ws_api_url=f"{emu.ws_url}/ws-api/v3")
+    stream.start()
+    try:
+        await until(lambda: stream.counters["subscribe_failures"] >= 1)  # -1021: stale stamp
+        signer.params["timestamp"] = int(datetime.now(UTC).timestamp() * 1000)
+        await until(lambda: stream.counters["auth_refused"] >= 1)  # -1022: bad signature
+        assert not stream.live and connected == []
+    finally:
+        await stream.close()
+
+
+def test_ws_api_signing_follows_binances_rule_and_refuses_other_keys() -> None:
+    import ccxt.async_support as ccxt_async
+
+    from adapters.binance_emulator.auth import Credentials
+
+    venue = CcxtVenue(ExchangeConfig(), SYMBOLS, "USDT", environ=KEYS)
+    with pytest.raises(AuthenticationVenueError, match="no API key"):
+        venue.ws_api_signed_params()  # not connected: nothing to sign with
+    venue.exchange = ccxt_async.binance({"apiKey": DEFAULT_API_KEY,
+                                         "secret": DEFAULT_API_SECRET})
+    params = venue.ws_api_signed_params()
+    assert sorted(params) == ["apiKey", "signature", "timestamp"]
+    Credentials(DEFAULT_API_KEY, DEFAULT_API_SECRET).check_ws_signed(params)  # raises if wrong
+    with pytest.raises(Exception, match="Signature for this request is not valid"):
+        Credentials(DEFAULT_API_KEY, "another-secret").check_ws_signed(params)
+    venue.exchange.secret = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END"
+    with pytest.raises(AuthenticationVenueError, match="HMAC keys only"):
+        venue.ws_api_signed_params()
 
 
 def report(**fields: Any) -> dict[str, Any]:

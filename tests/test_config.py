@@ -37,6 +37,8 @@ def test_shipped_config_loads_and_documents_every_key() -> None:
     ("[daemon]\nmode = \"live\"\n", "daemon.mode", "must be one of"),
     ("[market]\nsymbols = [\"BTCUSDT\"]\n", "market.symbols[0]", "BASE/USDT"),
     ("[market]\ninterval = \"7m\"\n", "market.interval", "must be one of"),
+    ("[exchange.stream]\nuser_stream_api = \"listenkey\"\n",
+     "exchange.stream.user_stream_api", "must be one of 'ws_api', 'listen_key'"),
     ("[market]\nsource = \"replay\"\n", "market.replay", "required"),
     ("[market.simulated]\nsymbols = [\"BTC/USDT\"]\n", "market.simulated.symbols",
      "market.symbols"),

@@ -127,3 +127,78 @@ async def test_ccxt_pro_watch_ohlcv(emu: BinanceEmulator) -> None:
     eth = next(b for b in bars if b.symbol == "ETH/USDT")
     assert candles[-1] == [int(eth.ts.timestamp() * 1000), eth.open, eth.high, eth.low,
                            eth.close, eth.volume]
+
+
+def ws_signed(emu: BinanceEmulator, **params: Any) -> dict[str, Any]:
+    """Binance's WebSocket API signing rule, written out here independently of the product."""
+    import hashlib
+    import hmac
+    import time
+
+    out: dict[str, Any] = {"apiKey": emu.api_key, "timestamp": int(time.time() * 1000), **params}
+    payload = "&".join(f"{k}={out[k]}" for k in sorted(out))
+    out["signature"] = hmac.new(emu.api_secret.encode(), payload.encode(),
+                                hashlib.sha256).hexdigest()
+    return out
+
+
+async def test_ws_api_user_data_subscription(ex: ccxt.binance, emu: BinanceEmulator) -> None:
+    async with websockets.connect(f"{emu.ws_url}/ws-api/v3") as ws:
+        await ws.send(json.dumps({"id": "s1", "method": "userDataStream.subscribe.signature",
+                                  "params": ws_signed(emu)}))
+        assert await recv(ws) == {"id": "s1", "status": 200, "result": {"subscriptionId": 0}}
+        await ws.send(json.dumps({"id": "s2", "method": "session.subscriptions"}))
+        assert (await recv(ws))["result"] == [{"subscriptionId": 0}]
+
+        await ex.create_order("BTC/USDT", "market", "buy", 0.01,
+                              params={"newClientOrderId": "wsapi-1"})
+        events = [await recv(ws) for _ in range(3)]
+        assert {e["subscriptionId"] for e in events} == {0}
+        assert [(e["event"]["e"], e["event"].get("X")) for e in events] == [
+            ("executionReport", "NEW"), ("executionReport", "FILLED"),
+            ("outboundAccountPosition", None)]
+        assert events[1]["event"]["c"] == "wsapi-1"
+
+        await ws.send(json.dumps({"id": "s3", "method": "userDataStream.unsubscribe",
+                                  "params": {"subscriptionId": 0}}))
+        assert await recv(ws) == {"id": "s3", "status": 200, "result": {}}
+        ended = await recv(ws)
+        assert ended["subscriptionId"] == 0 and ended["event"]["e"] == "eventStreamTerminated"
+        await ex.create_order("BTC/USDT", "market", "sell", 0.01)
+        with pytest.raises(TimeoutError):  # unsubscribed: nothing more arrives
+            await recv(ws, timeout=0.3)
+
+
+@pytest.mark.parametrize("tamper, code, status", [
+    ({"signature": "0" * 64}, -1022, 400),
+    ({"apiKey": "someoneElse"}, -2015, 401),
+    ({"timestamp": 1_600_000_000_000}, -1021, 400),
+])
+async def test_ws_api_refuses_bad_signatures(emu: BinanceEmulator, tamper: dict[str, Any],
+                                             code: int, status: int) -> None:
+    params = ws_signed(emu)
+    params.update(tamper)
+    async with websockets.connect(f"{emu.ws_url}/ws-api/v3") as ws:
+        await ws.send(json.dumps({"id": 9, "method": "userDataStream.subscribe.signature",
+                                  "params": params}))
+        reply = await recv(ws)
+    assert (reply["id"], reply["status"], reply["error"]["code"]) == (9, status, code)
+    assert "result" not in reply
+
+
+async def test_ccxt_pro_watch_orders_over_the_ws_api(emu: BinanceEmulator) -> None:
+    """ccxt.pro's own spot user stream (userDataStream.subscribe.signature, its signing, its
+    parsing of the wrapped events) against the emulator: the protocol as ccxt implements it."""
+    import ccxt.pro as ccxtpro
+
+    pro = configure_ccxt(ccxtpro.binance({"enableRateLimit": False}), emu)
+    try:
+        await pro.load_markets()
+        watch = asyncio.create_task(pro.watch_orders("BTC/USDT"))
+        await asyncio.sleep(0.3)  # let it connect and subscribe
+        placed = await pro.create_order("BTC/USDT", "market", "buy", 0.01,
+                                        params={"newClientOrderId": "pro-1"})
+        orders = await asyncio.wait_for(watch, 3)
+    finally:
+        await pro.close()
+    assert orders[-1]["clientOrderId"] == "pro-1" and orders[-1]["id"] == placed["id"]

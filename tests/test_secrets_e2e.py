@@ -265,17 +265,18 @@ async def test_testnet_against_emulator_signs_with_keys_and_never_logs_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     emulator = pytest.importorskip("adapters.binance_emulator")
     pytest.importorskip("adapters.ccxt_venue")
-    from adapters.binance_emulator import ws_api
+    from adapters.binance_emulator import ws_requests
 
-    issued: list[str] = []
-    create = ws_api.ListenKeys.create
+    issued: list[str] = []  # the signatures of the user stream's subscriptions
+    handle = ws_requests.handle
 
-    def recording_create(self: Any) -> str:
-        key = create(self)
-        issued.append(key)
-        return key
+    def recording_handle(request: Any, session: Any, creds: Any) -> Any:
+        if isinstance(request, dict) and \
+                request.get("method") == "userDataStream.subscribe.signature":
+            issued.append(str(request["params"]["signature"]))
+        return handle(request, session, creds)
 
-    monkeypatch.setattr(ws_api.ListenKeys, "create", recording_create)
+    monkeypatch.setattr(ws_requests, "handle", recording_handle)
     symbols = ["BTC/USDT", "ETH/USDT", "BNB/USDT"]
     emu = emulator.BinanceEmulator(symbols, emulator.SyntheticBars(symbols, seed=4),
                                    balances={"USDT": 100_000.0}, history_bars=40,

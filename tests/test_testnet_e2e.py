@@ -149,7 +149,9 @@ async def test_testnet_mode_survives_faults_and_books_agree(
         assert await wait_for(lambda: daemon.timestamps >= LOOKBACK + 1, 20), "no warm-up"
         assert await wait_for(lambda: venue.user_stream is not None and venue.user_stream.live,
                               5)
-        listen_key = venue.user_stream.secrets()[0]  # type: ignore[union-attr]
+        # the default user stream (WebSocket API subscription) has no listen key to leak
+        stream_secrets = venue.user_stream.secrets()  # type: ignore[union-attr]
+        assert venue.user_stream.cfg.user_stream_api == "ws_api"  # type: ignore[union-attr]
         emu.faults = FAULTS
         for i in range(1, LIVE_BARS + 1):
             if i in FORCED:
@@ -216,7 +218,7 @@ async def test_testnet_mode_survives_faults_and_books_agree(
     logged = capsys.readouterr()
     leaked = [name for name, secret in (("api key", DEFAULT_API_KEY),
                                         ("api secret", DEFAULT_API_SECRET),
-                                        ("listen key", listen_key))
+                                        *(("stream secret", k) for k in stream_secrets))
               if secret in logged.out + logged.err]
     with capsys.disabled():  # the table is the point of this test: always show it
         print(f"\n{'fault':<15} {'injected':>8}  recovered")

@@ -1,8 +1,11 @@
 """Request authentication exactly as Binance does it for HMAC keys.
 
-The signed payload is the raw (still percent-encoded) query string concatenated, without a
-separator, to the raw body, with the `signature` parameter removed. Signing the *raw* text is
+REST: the signed payload is the raw (still percent-encoded) query string concatenated, without
+a separator, to the raw body, with the `signature` parameter removed. Signing the *raw* text is
 what catches a client that signs one encoding and sends another.
+
+WebSocket API: the request's `params` except `signature`, sorted by name, as `name=value`
+pairs joined by `&`; `apiKey` travels inside the params, not in a header.
 """
 
 from __future__ import annotations
@@ -46,24 +49,7 @@ class Credentials:
                      params: Mapping[str, str], now_ms: int | None = None) -> None:
         """SIGNED endpoints: key, then timestamp/recvWindow, then signature (Binance's order)."""
         self.check_key(headers)
-        ts_raw = params.get("timestamp")
-        if not ts_raw:
-            raise errors.mandatory("timestamp")
-        try:
-            ts = int(ts_raw)
-            # Binance accepts microseconds too; a 16-digit timestamp is one.
-            ts = ts // 1000 if ts > 10**14 else ts
-            recv = float(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
-        except ValueError as exc:
-            raise errors.illegal("timestamp" if "recvWindow" not in params else "recvWindow") \
-                from exc
-        if recv > MAX_RECV_WINDOW_MS or recv <= 0:
-            raise errors.error(errors.BAD_RECV_WINDOW)
-        now = wall_ms() if now_ms is None else now_ms
-        if ts >= now + 1000:
-            raise errors.error(errors.TIMESTAMP_AHEAD)
-        if now - ts > recv:
-            raise errors.error(errors.TIMESTAMP_OUTSIDE)
+        _check_time(params, now_ms)
         given = params.get("signature")
         if not given:
             raise errors.mandatory("signature")
@@ -71,6 +57,48 @@ class Credentials:
         # HMAC signatures are case-insensitive on Binance.
         if not hmac.compare_digest(sign(payload, self.api_secret), given.lower()):
             raise errors.error(errors.BAD_SIGNATURE)
+
+    def check_ws_signed(self, params: Mapping[str, object], now_ms: int | None = None) -> None:
+        """A signed WebSocket API request (e.g. userDataStream.subscribe.signature)."""
+        key = params.get("apiKey")
+        if not isinstance(key, str) or not _KEY_FORMAT.match(key):
+            raise errors.error(errors.BAD_KEY_FORMAT, 401)
+        if not hmac.compare_digest(key, self.api_key):
+            raise errors.error(errors.REJECTED_KEY, 401)
+        _check_time({k: str(v) for k, v in params.items()}, now_ms)
+        given = params.get("signature")
+        if not isinstance(given, str) or not given:
+            raise errors.mandatory("signature")
+        payload = "&".join(f"{k}={_ws_text(params[k])}" for k in sorted(params)
+                           if k != "signature")
+        if not hmac.compare_digest(sign(payload, self.api_secret), given.lower()):
+            raise errors.error(errors.BAD_SIGNATURE)
+
+
+def _ws_text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _check_time(params: Mapping[str, str], now_ms: int | None) -> None:
+    """timestamp within recvWindow of the server's clock, and not 1 s ahead of it."""
+    ts_raw = params.get("timestamp")
+    if not ts_raw:
+        raise errors.mandatory("timestamp")
+    try:
+        ts = int(ts_raw)
+        # Binance accepts microseconds too; a 16-digit timestamp is one.
+        ts = ts // 1000 if ts > 10**14 else ts
+        recv = float(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
+    except ValueError as exc:
+        raise errors.illegal("timestamp" if "recvWindow" not in params else "recvWindow") \
+            from exc
+    if recv > MAX_RECV_WINDOW_MS or recv <= 0:
+        raise errors.error(errors.BAD_RECV_WINDOW)
+    now = wall_ms() if now_ms is None else now_ms
+    if ts >= now + 1000:
+        raise errors.error(errors.TIMESTAMP_AHEAD)
+    if now - ts > recv:
+        raise errors.error(errors.TIMESTAMP_OUTSIDE)
 
 
 def _strip_signature(raw: str) -> str:

@@ -110,7 +110,8 @@ class BinanceEmulator:
         self.history = KlineHistory()
         self._injector = FaultInjector(faults or FaultConfig(), seed)
         self._listen_keys = ListenKeys()
-        self._hub = StreamHub(self._injector, self._listen_keys)
+        self._hub = StreamHub(self._injector, self._listen_keys,
+                              Credentials(api_key, api_secret))
 
         warmup: list[list[Bar]] = []
         first_price: dict[str, float] = {}

@@ -2,9 +2,11 @@
 
 Paths: `/ws/<stream>` (raw payloads), `/stream?streams=<a>/<b>` (combined: each payload wrapped
 as `{"stream": name, "data": payload}`), `/ws/<listenKey>` (user data: executionReport and
-outboundAccountPosition). Every connection also accepts Binance's JSON control messages
-SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS. Faults (disconnect, stall, duplicate, reorder)
-are applied per outgoing data message, never to control replies.
+outboundAccountPosition; Binance retired it for Spot, kept for older clients), and
+`/ws-api/v3`, the WebSocket API, where a signed `userDataStream.subscribe.signature` starts the
+user data stream on that connection (`ws_requests`). Market-stream connections also accept
+Binance's JSON control messages SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS. Faults
+(disconnect, stall, duplicate, reorder) are applied per outgoing data message, never to replies.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from . import errors
+from . import errors, ws_requests
+from .auth import Credentials
 from .faults import FaultInjector
+from .ws_requests import WsApiSession
 
 LISTEN_KEY_TTL_S = 3600.0
 
@@ -57,18 +61,22 @@ class ListenKeys:
 
 
 class _Client:
-    def __init__(self, conn: ServerConnection, streams: set[str], combined: bool) -> None:
+    def __init__(self, conn: ServerConnection, streams: set[str], combined: bool,
+                 session: WsApiSession | None = None) -> None:
         self.conn = conn
         self.streams = streams
         self.combined = combined
+        self.session = session  # a WebSocket API connection, not a market stream
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.stalled_until = 0.0
 
 
 class StreamHub:
-    def __init__(self, faults: FaultInjector, listen_keys: ListenKeys) -> None:
+    def __init__(self, faults: FaultInjector, listen_keys: ListenKeys,
+                 creds: Credentials) -> None:
         self.faults = faults
         self.listen_keys = listen_keys
+        self.creds = creds
         self._clients: set[_Client] = set()
         self._server: Server | None = None
         self.port = 0
@@ -94,9 +102,26 @@ class StreamHub:
     def publish_user(self, payload: dict[str, Any]) -> None:
         self._publish(None, payload)
 
+    def terminate_user_streams(self) -> int:
+        """End every WebSocket API user data subscription, as Binance does at a session's
+        end or in maintenance: each gets an `eventStreamTerminated`. Returns how many."""
+        ended = 0
+        for client in self._clients:
+            if client.session is not None:
+                for sid in sorted(client.session.subscriptions):
+                    client.queue.put_nowait(json.dumps(ws_requests.terminated(sid)))
+                    ended += 1
+                client.session.subscriptions.clear()
+        return ended
+
     def _publish(self, stream: str | None, payload: dict[str, Any]) -> None:
         raw = json.dumps(payload, separators=(",", ":"))
         for client in self._clients:
+            if client.session is not None:
+                if stream is None:
+                    for sid in client.session.subscriptions:
+                        client.queue.put_nowait(f'{{"subscriptionId":{sid},"event":{raw}}}')
+                continue
             name = stream
             if stream is None:  # user data goes to every connection holding a live listen key
                 name = next((s for s in client.streams if self.listen_keys.valid(s)), None)
@@ -112,7 +137,10 @@ class StreamHub:
     async def _handle(self, conn: ServerConnection) -> None:
         assert conn.request is not None
         url = urlsplit(conn.request.path)
-        if url.path == "/stream":
+        session = None
+        if url.path == "/ws-api/v3":
+            streams, combined, session = set(), False, WsApiSession()
+        elif url.path == "/stream":
             names = parse_qs(url.query).get("streams", [""])[0]
             streams, combined = {s for s in names.split("/") if s}, True
         elif url.path == "/ws" or url.path.startswith("/ws/"):
@@ -127,7 +155,7 @@ class StreamHub:
             if "@" not in s and len(s) >= 60 and not self.listen_keys.valid(s):
                 await conn.close(1008, "invalid listen key")
                 return
-        client = _Client(conn, streams, combined)
+        client = _Client(conn, streams, combined, session)
         self._clients.add(client)
         writer = asyncio.create_task(self._write(client))
         try:
@@ -141,6 +169,9 @@ class StreamHub:
     async def _read(self, client: _Client) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for message in client.conn:
+                if client.session is not None:
+                    await self._ws_api_request(client, client.session, message)
+                    continue
                 try:
                     req = json.loads(message)
                     method, rid = req["method"], req.get("id")
@@ -160,6 +191,17 @@ class StreamHub:
                 else:
                     reply = {"code": 2, "msg": f"Invalid request: unknown variant {method}"}
                 await client.conn.send(json.dumps(reply))
+
+    async def _ws_api_request(self, client: _Client, session: WsApiSession,
+                              message: str | bytes) -> None:
+        try:
+            request = json.loads(message)
+        except ValueError:
+            request = None
+        reply, ended = ws_requests.handle(request, session, self.creds)
+        await client.conn.send(json.dumps(reply))
+        for sid in ended:  # after the reply, as Binance orders them
+            await client.conn.send(json.dumps(ws_requests.terminated(sid)))
 
     async def _write(self, client: _Client) -> None:
         faults, loop = self.faults, asyncio.get_running_loop()
