@@ -72,6 +72,9 @@ class Result:
     working: WorkingSet
     iterations: int
     kkt_error: float
+    # some constraint is active with a zero multiplier: x is then the unique optimum only if H
+    # is positive definite on more than the free block (the caller checks; see `degenerate`)
+    degenerate: bool
 
 
 @dataclass
@@ -112,7 +115,8 @@ def solve(qp: QP, x0: np.ndarray, working: WorkingSet, max_iter: int | None = No
             err = kkt_error(qp, x, mult)
             if err > KKT_TOL:
                 raise ActiveSetFailure(f"KKT check failed ({err:.2e})")
-            return Result(x=x, working=ws, iterations=it, kkt_error=err)
+            return Result(x=x, working=ws, iterations=it, kkt_error=err,
+                          degenerate=degenerate(qp, x, mult))
         kind, j = where
         if kind == "row":
             ws.rows.remove(j)
@@ -198,6 +202,20 @@ def _most_negative(m: _Multipliers, ws: WorkingSet) -> tuple[float, tuple[str, i
             if values[i] < worst:
                 worst, where = float(values[i]), (kind, i)
     return worst, where
+
+
+def degenerate(qp: QP, x: np.ndarray, m: _Multipliers, tol: float = 1e-9) -> bool:
+    """Whether a constraint holds with equality but carries a (near) zero multiplier.
+
+    Without such a constraint (strict complementarity) a positive definite free block of H
+    makes x the unique minimiser; with one, a direction that leaves that constraint could keep
+    the objective flat when H is singular, so uniqueness needs H itself positive definite."""
+    if qp.g.shape[0] and np.any((qp.d - qp.g @ x <= tol) & (m.rows <= tol)):
+        return True
+    with np.errstate(invalid="ignore"):
+        at_lb = x - qp.lb <= tol
+        at_ub = qp.ub - x <= tol
+    return bool(np.any(at_lb & (m.lb <= tol)) or np.any(at_ub & (m.ub <= tol)))
 
 
 def kkt_error(qp: QP, x: np.ndarray, m: _Multipliers) -> float:

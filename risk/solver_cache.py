@@ -18,9 +18,9 @@ Engines, tried in order; each answer is checked, a failure falls through to the 
    rows. The answer is returned only after a KKT check; S positive definite makes it unique.
    cvar_min: a HiGHS LP kept between solves. A window that moved by s bars changes s scenario
    rows (written in place, ring-buffer order), and the dual simplex restarts from the kept
-   basis. A vertex is returned only when the basis is dual non-degenerate, which proves the
-   optimum unique; otherwise an LP optimum need not be the one riskfolio-lib's interior point
-   lands on (the centre of the optimal face), so the next engine decides.
+   basis. A vertex is returned only when its weights are provably the only optimal ones
+   (`_unique_weights`); otherwise an LP optimum need not be the one riskfolio-lib's interior
+   point lands on (the centre of the optimal face), so the next engine decides.
 2. A parameterised cvxpy problem (Clarabel), built once per shape: cvxpy's compilation is
    skipped, the solve is not.
 3. `try_solve` returns None and the caller runs riskfolio-lib itself.
@@ -160,12 +160,19 @@ def _solve_active_set(kind: str, mu: np.ndarray, cov: np.ndarray, lc: LinearCons
         state.x, state.working, state.iterations = res.x, res.working, res.iterations
         state.solves += 1
         state.warm += warm
+        if res.degenerate and not _positive_definite(qp.h):
+            return None  # possibly one optimum of many: let an interior point pick riskfolio's
         if kind == "mv_min":
             return res.x
         k = res.x.sum() / lc.budget
         return res.x / k if k > 1e-12 else None
     state.x = state.working = None  # nothing to warm-start from next time
     return None
+
+
+def _positive_definite(h: np.ndarray) -> bool:
+    """Smallest eigenvalue clear of rounding (h is scaled to a unit mean diagonal)."""
+    return bool(np.linalg.eigvalsh(h)[0] > 1e-10)
 
 
 def _qp(kind: str, mu: np.ndarray, cov: np.ndarray, lc: LinearConstraints, rf: float
@@ -296,7 +303,7 @@ def _solve_highs(x: np.ndarray, lc: LinearConstraints, alpha: float) -> np.ndarr
     info = h.getInfo()
     if max(info.max_primal_infeasibility, info.max_dual_infeasibility) > 10 * _HIGHS_TOL:
         return None
-    if not _unique_vertex(h):
+    if not _unique_weights(h, n):
         return None
     return np.asarray(h.getSolution().col_value[:n], dtype=float)
 
@@ -361,19 +368,42 @@ def _build_lp(x: np.ndarray, lc: LinearConstraints, alpha: float, scale: float) 
     return _LPState(highs=h, lc=lc, window=x.copy(), scale=scale, head=0, rows_written=t)
 
 
-def _unique_vertex(h: Any) -> bool:
-    """Dual non-degenerate optimum (every nonbasic column and row has a nonzero reduced cost or
-    dual): then the primal optimum is unique and equals the interior-point answer."""
+def _unique_weights(h: Any, n: int) -> bool:
+    """Whether every optimum of the LP has the weights of this vertex.
+
+    With reduced costs d_j, every feasible point's objective is opt + sum_j d_j (x_j - x*_j)
+    over the nonbasic j, each term >= 0; so the optimal face is the feasible set with every
+    nonbasic variable of nonzero d_j held at its bound. Only the dual-degenerate nonbasics D
+    (d_j = 0, bounds apart) may move on it, and the basic variables follow them linearly,
+    x_B = x*_B - B^-1 N_D x_D. If no weight is in D and the weight rows of B^-1 N_D are zero,
+    the weights are constant on the whole face. That is the common degeneracy here: with
+    alpha * T an integer the VaR is any value between two order statistics, but the weights
+    are unique. Otherwise they may not be, and an interior point (riskfolio-lib's choice,
+    the centre of the face) is needed."""
     import highspy
 
     basic = highspy.HighsBasisStatus.kBasic
-    basis, sol = h.getBasis(), h.getSolution()
-    col_nonbasic = np.array([s != basic for s in basis.col_status])
-    row_nonbasic = np.array([s != basic for s in basis.row_status])
-    col_dual, row_dual = np.asarray(sol.col_dual), np.asarray(sol.row_dual)
-    # the budget row is an equality: its slack is always nonbasic and its dual free of sign
-    return not (np.any(np.abs(col_dual[col_nonbasic]) < _DEGENERATE)
-                or np.any(np.abs(row_dual[row_nonbasic]) < _DEGENERATE))
+    basis, sol, lp = h.getBasis(), h.getSolution(), h.getLp()
+    col_free = np.asarray(lp.col_upper_) > np.asarray(lp.col_lower_)
+    row_free = np.asarray(lp.row_upper_) > np.asarray(lp.row_lower_)
+    col_nonbasic = np.array([st != basic for st in basis.col_status])
+    row_nonbasic = np.array([st != basic for st in basis.row_status])
+    d_cols = np.flatnonzero(col_nonbasic & col_free
+                            & (np.abs(np.asarray(sol.col_dual)) < _DEGENERATE))
+    d_rows = np.flatnonzero(row_nonbasic & row_free
+                            & (np.abs(np.asarray(sol.row_dual)) < _DEGENERATE))
+    if d_cols.size == 0 and d_rows.size == 0:
+        return True  # dual non-degenerate: the whole optimum is unique
+    if np.any(d_cols < n):
+        return False
+    _, basic_vars = h.getBasicVariables()  # >= 0: column index; < 0: row -1 - index
+    w_pos = np.flatnonzero((np.asarray(basic_vars) >= 0) & (np.asarray(basic_vars) < n))
+    directions = [h.getReducedColumn(int(j))[1] for j in d_cols]
+    for i in d_rows:
+        e = np.zeros(lp.num_row_)
+        e[i] = 1.0
+        directions.append(h.getBasisSolve(e)[1])
+    return all(np.abs(np.asarray(d)[w_pos]).max(initial=0.0) < _DEGENERATE for d in directions)
 
 
 # --- 2. cvxpy / Clarabel, parameterised ------------------------------------------------------
