@@ -6,8 +6,9 @@ its last good targets. Too little history raises `InsufficientHistory` (a `Solve
 the rebalancer applies `on_short_history` (`fallback_equal_weight` builds the equal-weight case).
 
 Pipeline: window -> estimators -> PSD check -> constraints -> method (`risk/solver_cache.py`'s
-warm-started re-solve when the method allows, riskfolio-lib otherwise) -> constraint check -> volatility target ->
-sizing overlay (`risk/overlays.py`) -> turnover cap -> annualised statistics.
+warm-started re-solve when the method allows, riskfolio-lib otherwise) -> constraint check ->
+volatility target -> sizing overlay (`risk/overlays.py`) -> turnover cap -> annualised
+statistics.
 """
 
 from __future__ import annotations

@@ -88,12 +88,16 @@ def solve_kind(kind: str, x: np.ndarray, mu: np.ndarray, cov: np.ndarray,
     """Long-only weights for `kind` on this window; SolveError when no engine succeeds."""
     w: np.ndarray | None = None
     engine = "clarabel"
-    if kind in ("mv_min", "mv_sharpe"):
-        w = _solve_active_set(kind, mu, cov, lc, rf)
-        engine = "active_set"
-    elif kind == "cvar_min":
-        w = _solve_highs(x, lc, alpha)
-        engine = "highs"
+    try:
+        if kind in ("mv_min", "mv_sharpe"):
+            w = _solve_active_set(kind, mu, cov, lc, rf)
+            engine = "active_set"
+        elif kind == "cvar_min":
+            w = _solve_highs(x, lc, alpha)
+            engine = "highs"
+    except Exception:  # the fast engines only accelerate: any surprise goes to the next one
+        _forget(kind)
+        w = None
     if w is None:
         w = _solve_cvxpy(kind, x, mu, cov, lc, rf, alpha)
         engine = "clarabel"
@@ -109,6 +113,12 @@ def _keep(key: tuple[Any, ...], state: Any) -> None:
     _PROBLEMS.move_to_end(key)
     while len(_PROBLEMS) > MAX_PROBLEMS:
         _PROBLEMS.popitem(last=False)
+
+
+def _forget(kind: str) -> None:
+    """Drop the fast engine's kept state for `kind` (it may be what failed)."""
+    for key in [k for k in _PROBLEMS if k[0] != "cvxpy" and k[1] == kind]:
+        del _PROBLEMS[key]
 
 
 def _same_constraints(a: LinearConstraints, b: LinearConstraints) -> bool:
