@@ -336,3 +336,25 @@ def test_active_set_on_random_qps(seed):
     warm = active_set.solve(qp2, w, res.working)
     cold = active_set.solve(qp2, x0, WorkingSet.empty(n))
     assert np.abs(warm.x - cold.x).max() < 1e-10
+
+
+def test_engine_exception_falls_through(monkeypatch):
+    """An unexpected error inside a fast engine costs speed, not the solve."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated engine fault")
+
+    rng = np.random.default_rng(5)
+    r = pd.DataFrame(rng.normal(0.001, 0.02, size=(120, 6)),
+                     columns=[f"A{i}/USDT" for i in range(6)],
+                     index=pd.date_range("2022-01-01", periods=120, freq="D", tz="UTC"))
+    for kind, name in (("cvar_min", "_solve_highs"), ("mv_min", "_solve_active_set")):
+        method, rm = KINDS[kind]
+        cfg = AllocationConfig(method=method, risk_measure=rm, lookback_bars=120)
+        solver_cache.clear()
+        expected = solve(r, cfg, DAY)
+        assert solver_cache.LAST_ENGINE[0] == FAST[kind]
+        with monkeypatch.context() as m:
+            m.setattr(solver_cache, name, boom)
+            got = solve(r, cfg, DAY)
+        assert solver_cache.LAST_ENGINE[0] == "clarabel" and "solver_cache" in got.notes
+        assert np.abs(weights(got) - weights(expected)).max() < 1e-6
