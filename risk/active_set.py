@@ -94,7 +94,7 @@ def solve(qp: QP, x0: np.ndarray, working: WorkingSet, max_iter: int | None = No
     ws = working.copy()
     limit = max_iter if max_iter is not None else MAX_ITER_FACTOR * (n + qp.g.shape[0]) + 10
     for it in range(1, limit + 1):
-        x_hat, mult = _equality_qp(qp, x, ws)
+        x_hat, mult = _equality_qp(qp, ws)
         p = x_hat - x
         alpha, block = _ratio_test(qp, x, p, ws)
         x = x + alpha * p
@@ -110,7 +110,7 @@ def solve(qp: QP, x0: np.ndarray, working: WorkingSet, max_iter: int | None = No
                 x[j] = qp.ub[j]
             continue
         # x is the minimiser on the working set: optimal unless a multiplier has the wrong sign
-        worst, where = _most_negative(mult, ws)
+        worst, where = _most_negative(mult)
         if worst >= -KKT_TOL:
             err = kkt_error(qp, x, mult)
             if err > KKT_TOL:
@@ -127,7 +127,7 @@ def solve(qp: QP, x0: np.ndarray, working: WorkingSet, max_iter: int | None = No
     raise ActiveSetFailure(f"no optimum after {limit} iterations")
 
 
-def _equality_qp(qp: QP, x: np.ndarray, ws: WorkingSet) -> tuple[np.ndarray, _Multipliers]:
+def _equality_qp(qp: QP, ws: WorkingSet) -> tuple[np.ndarray, _Multipliers]:
     """Minimiser of 1/2 x'Hx with the working set as equalities, and its multipliers."""
     fixed = ws.at_lb | ws.at_ub
     free = ~fixed
@@ -153,7 +153,6 @@ def _equality_qp(qp: QP, x: np.ndarray, ws: WorkingSet) -> tuple[np.ndarray, _Mu
             raise ActiveSetFailure("working set is linearly dependent") from exc
     x_new = xf.copy()
     x_new[free] = solve_triangular(chol.T, u - k @ lam, lower=False)
-    x_new[fixed] = xf[fixed]
     # stationarity on the fixed variables gives their bound multipliers:
     # H x + C'lam - nu_lb + nu_ub = 0
     grad = qp.h @ x_new + c.T @ lam
@@ -194,7 +193,8 @@ def _ratio_test(qp: QP, x: np.ndarray, p: np.ndarray, ws: WorkingSet
     return alpha, block
 
 
-def _most_negative(m: _Multipliers, ws: WorkingSet) -> tuple[float, tuple[str, int]]:
+def _most_negative(m: _Multipliers) -> tuple[float, tuple[str, int]]:
+    """The most negative inequality multiplier and its constraint (the one to drop)."""
     worst, where = 0.0, ("row", -1)
     for kind, values in (("row", m.rows), ("lb", m.lb), ("ub", m.ub)):
         if values.size:

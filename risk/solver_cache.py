@@ -198,12 +198,10 @@ def _qp(kind: str, mu: np.ndarray, cov: np.ndarray, lc: LinearConstraints, rf: f
     top = np.abs(excess).max()
     if not top > 0:
         return None
-    budget = lc.budget
-    if budget <= 0:
-        return None
+    budget = lc.budget  # > 0: 1 - cash_buffer
     ones = np.ones(n)
     # k = sum(y) / B; lo >= 0 on this path, so y >= 0 (a plain bound) and k >= 0 follows
-    rows, rhs = [], []
+    rows: list[np.ndarray] = []
     for i in np.flatnonzero(lc.hi < budget):  # y_i <= hi_i k; redundant when hi_i >= B
         r = -lc.hi[i] / budget * ones
         r[i] += 1.0
@@ -214,9 +212,8 @@ def _qp(kind: str, mu: np.ndarray, cov: np.ndarray, lc: LinearConstraints, rf: f
         rows.append(r)
     if lc.has_rows:
         rows.extend(lc.a - np.outer(lc.b / budget, ones))  # A y <= b k
-    rhs = [0.0] * len(rows)
     g = np.vstack(rows) if rows else np.zeros((0, n))
-    return QP(h=h, e=(excess / top)[None, :], f=np.array([1.0]), g=g, d=np.array(rhs),
+    return QP(h=h, e=(excess / top)[None, :], f=np.array([1.0]), g=g, d=np.zeros(len(g)),
               lb=np.zeros(n), ub=np.full(n, np.inf))
 
 
@@ -286,6 +283,9 @@ class _LPState:
 
 
 def _solve_highs(x: np.ndarray, lc: LinearConstraints, alpha: float) -> np.ndarray | None:
+    """Weights, or None when the LP cannot vouch for riskfolio-lib's answer."""
+    import highspy
+
     t, n = x.shape
     key = ("highs", "cvar_min", n, t, lc.a.shape[0], alpha)
     state = _PROBLEMS.get(key)
@@ -304,8 +304,6 @@ def _solve_highs(x: np.ndarray, lc: LinearConstraints, alpha: float) -> np.ndarr
     _keep(key, state)
     h = state.highs
     h.run()
-    import highspy
-
     state.solves += 1
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         _PROBLEMS.pop(key, None)  # a basis that led nowhere is not worth keeping
