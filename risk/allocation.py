@@ -5,9 +5,10 @@ takes and returns pickles. Failures raise `SolveError` with the reason; the reba
 its last good targets. Too little history raises `InsufficientHistory` (a `SolveError`), on which
 the rebalancer applies `on_short_history` (`fallback_equal_weight` builds the equal-weight case).
 
-Pipeline: window -> estimators -> PSD check -> constraints -> method (parameterised cvxpy cache
-when the method allows, riskfolio-lib otherwise) -> constraint check -> volatility target ->
-sizing overlay (`risk/overlays.py`) -> turnover cap -> annualised statistics.
+Pipeline: window -> estimators -> PSD check -> constraints -> method (`risk/solver_cache.py`'s
+warm-started re-solve when the method allows, riskfolio-lib otherwise) -> constraint check ->
+volatility target -> sizing overlay (`risk/overlays.py`) -> turnover cap -> annualised
+statistics.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ class AllocationConfig:
         "doc": "hrp/herc codependence for the distance matrix",
         "choices": ("pearson", "spearman", "kendall", "abs_pearson", "custom_cov")})
     use_solver_cache: bool = field(default=True, metadata={
-        "doc": "re-solve MV min-risk, MV Sharpe and CVaR min-risk on a kept, parameterised "
-               "problem instead of rebuilding it (same weights, much faster)"})
+        "doc": "re-solve MV min-risk, MV Sharpe and CVaR min-risk warm-started from the "
+               "previous solve (active-set QP, HiGHS LP) instead of a cold riskfolio-lib "
+               "call (same weights, much faster)"})
     estimators: EstimatorConfig = field(default_factory=EstimatorConfig, metadata={
         "doc": "expected return and covariance estimators"})
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig, metadata={

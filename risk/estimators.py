@@ -2,7 +2,7 @@
 
 Everything here works in per-bar units; `annualise_*` converts with `periods_per_year`, which
 counts 365 days of bars because crypto trades 24/7. Estimators are plain numpy so the same numbers
-feed riskfolio-lib, the parameterised solver cache and the statistics reported to the user.
+feed riskfolio-lib, the solver cache and the statistics reported to the user.
 """
 
 from __future__ import annotations
