@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -157,15 +157,24 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
     est = _estimates(window, cfg, notes)
     lc = cons.build([str(c) for c in window.columns], cfg.constraints, cfg.min_weight,
                     cfg.max_weight)
-    reason = cons.precheck(lc)
+    capped = cons.caps_below_budget(lc)
+    reason = None if capped else cons.precheck(lc)
     if reason:
         raise SolveError(f"infeasible constraints: {reason}")
 
-    w = solver_cache.try_solve(window, est, cfg, lc, ppy) if cfg.use_solver_cache else None
-    if w is None:
-        w = methods.weights_for(window, est, cfg, lc, ppy)
+    if capped:
+        # e.g. two listed coins at max_weight 0.4: the caps are the only portfolio left, and
+        # refusing to solve would hold 100% cash instead of the 80% the caps allow
+        notes.append(f"caps sum to {lc.hi.sum():.4f} < budget {lc.budget:.4f}: every asset "
+                     f"at its cap, {lc.budget - lc.hi.sum():.4f} more in cash")
+        w = lc.hi.copy()
+        lc = replace(lc, budget=float(w.sum()))
     else:
-        notes.append("solver_cache")
+        w = solver_cache.try_solve(window, est, cfg, lc, ppy) if cfg.use_solver_cache else None
+        if w is None:
+            w = methods.weights_for(window, est, cfg, lc, ppy)
+        else:
+            notes.append("solver_cache")
     w = _snap(w, lc)
     broken = cons.violations(w, lc, tol=1e-7)
     if broken:
@@ -224,8 +233,6 @@ def _snap(w: np.ndarray, lc: cons.LinearConstraints) -> np.ndarray:
 
 
 def _with(alloc: Allocation, **changes: object) -> Allocation:
-    from dataclasses import replace
-
     return replace(alloc, **changes)  # type: ignore[arg-type]
 
 

@@ -116,6 +116,14 @@ def build(assets: Sequence[str], cfg: ConstraintsConfig, min_weight: float,
         max_gross_short=cfg.max_gross_short, row_names=tuple(names))
 
 
+def caps_below_budget(lc: LinearConstraints) -> bool:
+    """Long-only upper bounds that cannot reach the budget (while the rest is consistent):
+    the one portfolio left is every asset at its cap, the remainder in cash."""
+    return (not lc.allow_short and lc.hi.sum() < lc.budget - 1e-12
+            and bool(np.all(lc.lo <= lc.hi + 1e-12))
+            and (not lc.has_rows or bool(np.all(lc.a @ lc.hi <= lc.b + 1e-12))))
+
+
 def precheck(lc: LinearConstraints) -> str | None:
     """A reason the box and budget are infeasible, or None (groups are left to the solver)."""
     if np.any(lc.lo > lc.hi + 1e-12):

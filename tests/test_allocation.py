@@ -270,6 +270,24 @@ def test_bad_inputs_raise_solve_error(rets, monkeypatch):
         solve(rets, cfg(max_weight=0.25, constraints=tight), DAY)
 
 
+@pytest.mark.parametrize("method", ["min_variance", "max_sharpe", "equal_weight", "hrp",
+                                    "risk_parity"])
+def test_caps_below_budget_hold_every_asset_at_its_cap(rets, method):
+    """Two listed coins at max_weight 0.4 (2017): the caps are the only portfolio left; the
+    rest is cash, said in the notes, instead of refusing to solve and holding 100% cash."""
+    two = rets[["BTC/USDT", "ETH/USDT"]]
+    a = solve(two, cfg(method=method, max_weight=0.4), DAY)
+    assert a.weights == pytest.approx({"BTC/USDT": 0.4, "ETH/USDT": 0.4}, abs=1e-12)
+    assert a.cash == pytest.approx(0.2) and any("every asset at its cap" in n for n in a.notes)
+    buffered = solve(two, cfg(method=method, max_weight=0.4, constraints=ConstraintsConfig(
+        cash_buffer=0.05, asset_max={"ETH/USDT": 0.3})), DAY)
+    assert buffered.weights == pytest.approx({"BTC/USDT": 0.4, "ETH/USDT": 0.3}, abs=1e-12)
+    # a group cap the caps themselves break is still infeasible: nothing is invented
+    grouped = ConstraintsConfig(groups={"g": ["BTC/USDT", "ETH/USDT"]}, group_max={"g": 0.5})
+    with pytest.raises(SolveError, match="infeasible|cannot satisfy"):
+        solve(two, cfg(method=method, max_weight=0.4, constraints=grouped), DAY)
+
+
 def test_non_psd_covariance_refused_unless_repair(rets, monkeypatch):
     import risk.allocation as alloc
     from risk.estimators import Estimates
