@@ -88,13 +88,14 @@ class MessageThrottle:
         return None
 
     def record_order(self, symbol: str, now: float) -> None:
-        self._orders.second.add(now)
-        self._orders.minute.add(now)
+        # once per approved order: the deques directly, not four `add` calls
+        self._orders.second._times.append(now)
+        self._orders.minute._times.append(now)
         pair = self._symbol_orders.get(symbol)
         if pair is None:
             pair = self._symbol_orders[symbol] = _Pair()
-        pair.second.add(now)
-        pair.minute.add(now)
+        pair.second._times.append(now)
+        pair.minute._times.append(now)
 
     def check_cancel(self, symbol: str, now: float) -> Violation | None:
         lim = self.limits

@@ -180,6 +180,7 @@ class ScenarioRisk(PreparedRisk):
     _fm: int = field(init=False, repr=False)
     _frac: float = field(init=False, repr=False)
     _need: int = field(init=False, repr=False)
+    columns: np.ndarray = field(init=False, repr=False)  # scenarios.T, C-contiguous (N, S)
 
     def __post_init__(self) -> None:
         s = self.scenarios.shape[0]
@@ -195,6 +196,9 @@ class ScenarioRisk(PreparedRisk):
         object.__setattr__(self, "_fm", fm)
         object.__setattr__(self, "_frac", m - fm)
         object.__setattr__(self, "_need", min(s - 1, max(j + 1, fm)))
+        # one asset's returns across the scenarios as a contiguous row: the gate moves a
+        # book's P&L vector by one asset per order (`pnl + delta * columns[i]`)
+        object.__setattr__(self, "columns", np.ascontiguousarray(self.scenarios.T))
 
     @property
     def n_assets(self) -> int:
@@ -205,7 +209,11 @@ class ScenarioRisk(PreparedRisk):
         return self.scenarios @ self._vector(exposures)
 
     def var(self, exposures: np.ndarray) -> tuple[float, float]:
-        pnl = self.scenarios @ self._vector(exposures)
+        return self.risk_of_pnl(self.scenarios @ self._vector(exposures))
+
+    def risk_of_pnl(self, pnl: np.ndarray) -> tuple[float, float]:
+        """(VaR, CVaR) of a P&L vector over the scenarios (`pnl(exposures)`, or one kept up
+        to date by the caller): what `var` does after its matrix product."""
         need = self._need
         # partition puts the need+1 worst outcomes first; sorting those few is cheap
         worst = np.partition(pnl, need)[: need + 1]
@@ -305,6 +313,7 @@ def _only_reduces(before: np.ndarray, after: np.ndarray) -> bool:
 
 def var_check(prepared: PreparedRisk, exposures_before: np.ndarray, exposures_after: np.ndarray,
               nav: float, cfg: VarConfig, *, risk_before: tuple[float, float] | None = None,
+              risk_after: tuple[float, float] | None = None,
               ) -> tuple[str, dict[str, Any]] | None:
     """None if the order (before -> after exposures, notionals) may go, else (code, context).
 
@@ -315,10 +324,12 @@ def var_check(prepared: PreparedRisk, exposures_before: np.ndarray, exposures_af
     it). A non-finite VaR (NaN exposures) fails closed with `VAR_NOT_FINITE`.
 
     `risk_before` = `prepared.var(exposures_before)` may be passed by a caller that checks many
-    orders against the same book in one bar, saving the second evaluation."""
+    orders against the same book in one bar, saving the second evaluation; `risk_after` =
+    `prepared.var(exposures_after)` by a caller that keeps it up to date more cheaply (the
+    gate's scenario P&L, moved by one asset per order)."""
     before = np.asarray(exposures_before, dtype=float)
     after = np.asarray(exposures_after, dtype=float)
-    var_a, cvar_a = prepared.var(after)
+    var_a, cvar_a = prepared.var(after) if risk_after is None else risk_after
     if not (math.isfinite(var_a) and math.isfinite(cvar_a) and math.isfinite(nav)):
         # a NaN compares False with everything, which would let the order through
         return "VAR_NOT_FINITE", {"var": var_a, "cvar": cvar_a, **_context(prepared, nav)}
