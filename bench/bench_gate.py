@@ -55,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.events import Bar, BarsClosed, OrderIntent, OrderType, Side  # noqa: E402
+from daemon.events import Bar, BarsClosed, OrderIntent, OrderType, Side, utcnow  # noqa: E402
 from daemon.portfolio import Portfolio  # noqa: E402
 
 GOAL_P99_US = 100.0
@@ -120,24 +120,14 @@ class _NullBus:
         coro.close()
 
 
-class _Everything:
-    """`oms.orders` that contains every client order id: the OMS has taken each approved order
-    in before the next one arrives, as in steady state."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def get(self, key: object, default: Any = None) -> Any:
-        return default
-
-
 class _Oms:
-    """Resting orders that never fill, plus the bench's approved orders: taken in as working,
-    filled into the portfolio one order later (`settle`, between timed calls)."""
+    """Resting orders that never fill, plus the bench's approved orders: taken in as working
+    (in `orders`, as the OMS registers every order it is sent), filled into the portfolio one
+    order later (`settle`, between timed calls)."""
 
     def __init__(self, resting: dict[str, float], portfolio: Portfolio) -> None:
         self.halted_reason: str | None = None
-        self.orders = _Everything()
+        self.orders: dict[str, OrderIntent] = {}
         self.portfolio = portfolio
         self._resting = resting
         self._working: deque[tuple[str, float, float]] = deque()  # symbol, signed, price
@@ -156,6 +146,7 @@ class _Oms:
             positions[symbol] = positions.get(symbol, 0.0) + signed
             self.portfolio.cash -= signed * price
         if approved is not None:
+            self.orders[approved.client_order_id] = approved
             signed = approved.quantity if approved.side is Side.BUY else -approved.quantity
             self._working.append((approved.symbol, signed, approved.reference_price))
 
@@ -169,13 +160,9 @@ class _Oms:
 class _Clock:
     def __init__(self) -> None:
         self.t = 10_000.0
-        self.start = datetime(2024, 1, 1, tzinfo=UTC)
 
     def mono(self) -> float:
         return self.t
-
-    def now(self) -> datetime:
-        return self.start + timedelta(seconds=self.t)
 
 
 def build(n: int, model: str, seed: int = 7, variant: Variant | None = None,
@@ -201,7 +188,9 @@ def build(n: int, model: str, seed: int = 7, variant: Variant | None = None,
                                                    strict=True)}, portfolio)
     rules = {s: v.market_rules.MarketRules.synthetic(s, float(p))
              for s, p in zip(symbols, last, strict=True)}
-    gate = v.risk_gate.RiskGate(_NullBus(), limits, clock.now, symbols=symbols,
+    # event timestamps from the daemon's own wall clock (`utcnow`); throttles, duplicates and
+    # staleness run on the bench's monotonic clock, advanced per order
+    gate = v.risk_gate.RiskGate(_NullBus(), limits, utcnow, symbols=symbols,
                                 portfolio=portfolio, oms=oms, markets=lambda: rules,
                                 interval_s=3600, monotonic=clock.mono)
     t0 = datetime(2024, 1, 1, tzinfo=UTC)

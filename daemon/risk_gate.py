@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -147,7 +148,9 @@ class RiskGate:
         self._in_flight: dict[str, tuple[int, float, float]] = {}  # cid -> (index, signed, at)
         # the book between orders (`risk.exposure.BookKeeper`); `_prices_version` counts the
         # bars that moved `market.prices`, which is how the keeper knows to rebuild
-        self._book = BookKeeper()
+        self._book = BookKeeper(self.symbols)
+        self._held_getter = operator.itemgetter(*self.symbols)
+        self._loaded_record: StateRecord | None = None  # the record `ctx.state` shows
         self._prices_version = 0
         # counters for status and the run summary
         self.approved = 0
@@ -395,6 +398,7 @@ class RiskGate:
         position = np.full(len(self.symbols), -1, dtype=np.intp)
         position[covered] = np.arange(covered.size)
         view.position = position
+        view.positions = position.tolist()
         view.unavailable = ""
 
     def _book_risk(self, book: Book) -> None:
@@ -406,30 +410,35 @@ class RiskGate:
         view.book_risk = view.prepared.var(values)
 
     # -- the book -------------------------------------------------------------------------
-    def _build_book(self) -> Book:
-        index = self.market.index
+    def _held(self) -> tuple[float, tuple[float, ...]]:
+        """Cash and the position of each symbol (0.0 if none), read from the portfolio."""
         n = len(self.symbols)
-        if self.portfolio is not None:
-            cash = self.portfolio.cash
-            # map() runs the lookups in C; a list is what the keeper compares fastest
-            held = list(map(self.portfolio.positions.get, self.symbols, repeat(0.0, n)))
-        else:
-            cash, held = 0.0, [0.0] * n
-        # asset index -> working + approved quantity, added up in this order (the keeper's
-        # quantities are then bit-identical to a pending vector filled the same way)
-        pending: dict[int, float] = {}
-        if self.oms is not None:
-            for symbol, q in self.oms.working_quantity().items():
-                i = index.get(symbol)
-                if i is not None:
-                    pending[i] = pending.get(i, 0.0) + q
+        if self.portfolio is None:
+            return 0.0, (0.0,) * n
+        positions = self.portfolio.positions
+        if n > 1:
+            try:
+                # one C call for every lookup, 2.5x `map(positions.get, ...)`
+                return self.portfolio.cash, self._held_getter(positions)
+            except KeyError:
+                pass  # a symbol never held yet
+        return self.portfolio.cash, tuple(map(positions.get, self.symbols, repeat(0.0, n)))
+
+    def _build_book(self) -> Book:
+        cash, held = self._held()
+        # symbol -> working + approved quantity; a copy, as the keeper keeps it to diff the
+        # next order's against
+        pending: dict[str, float] = dict(self.oms.working_quantity()) \
+            if self.oms is not None else {}
         if self._in_flight:
             taken = getattr(self.oms, "orders", None)
+            symbols = self.symbols
             for cid, (i, signed, _) in list(self._in_flight.items()):
                 if taken is not None and cid in taken:
                     del self._in_flight[cid]  # the OMS counts it now (working or done)
                 else:
-                    pending[i] = pending.get(i, 0.0) + signed
+                    symbol = symbols[i]
+                    pending[symbol] = pending.get(symbol, 0.0) + signed
         market = self.market
         return self._book.update(held, pending, market.prices, self._prices_version, cash,
                                  self.ctx.groups,
@@ -445,13 +454,8 @@ class RiskGate:
     def _nav(self) -> float:
         """The book's NAV (cash + positions, `Book.build`'s arithmetic) without its exposures:
         what the loss limits read, per bar, without the working orders' walk."""
-        n = len(self.symbols)
-        if self.portfolio is not None:
-            cash = self.portfolio.cash
-            held = np.fromiter(map(self.portfolio.positions.get, self.symbols,
-                                   repeat(0.0, n)), dtype=float, count=n)
-        else:
-            cash, held = 0.0, np.zeros(n)
+        cash, positions = self._held()
+        held = np.fromiter(positions, dtype=float, count=len(positions))
         market = self.market
         return book_nav(held, market.prices, cash,
                         all_priced=len(market.last_close) == len(market.symbols))
@@ -565,6 +569,9 @@ class RiskGate:
 
     def _load_state(self) -> None:
         record = self.trading.record
+        if record is self._loaded_record:
+            return  # records are immutable: a new state is a new record
+        self._loaded_record = record
         self.ctx.state = record.state.value
         self.ctx.state_reason = record.reason
 

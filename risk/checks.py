@@ -80,6 +80,7 @@ class VarView:
     covered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     uncovered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    positions: list[int] = field(default_factory=list)  # `position` as ints, for per order
     bars: int = 0
     unavailable: str = "no bars yet"
     book_values: bytes | None = None  # the covered values' bytes: equality is a memcmp
@@ -94,6 +95,9 @@ class VarView:
     # more changed assets than this, or this many moves in a row: the full product instead
     MAX_PNL_SWAPS: ClassVar[int] = 8
     PNL_REFRESH: ClassVar[int] = 256
+    # below this many scenario cells (S * N) one matrix product is cheaper than the handful
+    # of small numpy calls that move the P&L (250 historical bars x 50 assets: the product)
+    PNL_MIN_SIZE: ClassVar[int] = 20_000
 
     def book_pnl(self, prepared: ScenarioRisk, values: np.ndarray) -> np.ndarray:
         """`prepared.pnl(values)`, from the P&L kept for the last book: books one order apart
@@ -326,7 +330,7 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
             return None
         return Denial("VAR_UNAVAILABLE", {"reason": view.unavailable, "bars": view.bars,
                                           "min_bars": ctx.limits.var_min_bars})
-    pos = int(view.position[effect.index])
+    pos = view.positions[effect.index]
     if pos < 0 or (view.uncovered.size and bool(np.any(book.values[view.uncovered] != 0.0))):
         # a position the model cannot see would make VaR look smaller than it is
         if effect.reduces:
@@ -338,7 +342,7 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
     before = book.values if view.all_covered else book.values[view.covered]
     after = before.copy()
     after[pos] += effect.delta_value
-    if isinstance(prepared, ScenarioRisk):
+    if isinstance(prepared, ScenarioRisk) and prepared.scenarios.size > VarView.PNL_MIN_SIZE:
         # the book's P&L per scenario moved by this order's asset: O(S), not O(S * N)
         pnl = view.book_pnl(prepared, before)
         risk_after = prepared.risk_of_pnl(pnl + effect.delta_value * prepared.columns[pos])

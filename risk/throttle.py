@@ -164,5 +164,8 @@ class DuplicateFilter:
     def record(self, symbol: str, side: str, quantity: float, client_order_id: str,
                decision_id: str, now: float) -> None:
         key = (symbol, side, quantity)
-        self._by_key.setdefault(key, deque()).append((now, client_order_id, decision_id))
+        entries = self._by_key.get(key)
+        if entries is None:  # not setdefault: that would build a deque for every order
+            entries = self._by_key[key] = deque()
+        entries.append((now, client_order_id, decision_id))
         self._order.append((now, key))

@@ -160,8 +160,9 @@ class ParametricRisk(PreparedRisk):
     def sigma(self, exposures: np.ndarray) -> float:
         """1-bar standard deviation of the P&L of `exposures`."""
         e = self._vector(exposures)
-        # max(): a PSD matrix can still give -1e-20 through rounding
-        return math.sqrt(max(float(e @ (self.covariance @ e)), 0.0))
+        # max(): a PSD matrix can still give -1e-20 through rounding. ndarray.dot, not `@`:
+        # the same BLAS calls and bits, at half the dispatch cost on the gate's small vectors
+        return math.sqrt(max(float(self.covariance.dot(e).dot(e)), 0.0))
 
     def var(self, exposures: np.ndarray) -> tuple[float, float]:
         sd = self.sigma(exposures)
@@ -206,10 +207,10 @@ class ScenarioRisk(PreparedRisk):
 
     def pnl(self, exposures: np.ndarray) -> np.ndarray:
         """P&L of `exposures` in every scenario."""
-        return self.scenarios @ self._vector(exposures)
+        return self.scenarios.dot(self._vector(exposures))
 
     def var(self, exposures: np.ndarray) -> tuple[float, float]:
-        return self.risk_of_pnl(self.scenarios @ self._vector(exposures))
+        return self.risk_of_pnl(self.scenarios.dot(self._vector(exposures)))
 
     def risk_of_pnl(self, pnl: np.ndarray) -> tuple[float, float]:
         """(VaR, CVaR) of a P&L vector over the scenarios (`pnl(exposures)`, or one kept up
