@@ -78,7 +78,7 @@ from risk.checks import (
     evaluate,
     order_effect,
 )
-from risk.exposure import Book, BookKeeper, book_nav, build_groups, nav_valid
+from risk.exposure import Book, BookKeeper, build_groups, nav_valid
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
@@ -138,8 +138,19 @@ class RiskGate:
         n = len(self.symbols)
         self._volumes: dict[str, deque[float]] = {
             s: deque(maxlen=limits.volume_window_bars) for s in self.symbols}
-        self._closes = np.full((limits.var.window_bars + 1, n), np.nan)
+        # the window of closes, oldest row first, in a buffer twice its size: a bar writes one
+        # row, and only when the buffer is full is the window moved back to its start (once
+        # per window length), where shifting the whole window every bar cost O(rows * n)
+        self._close_cap = limits.var.window_bars + 1
+        self._close_buf = np.full((2 * self._close_cap, n), np.nan)
+        self._close_end = 0  # the window is _close_buf[_close_end - _close_rows:_close_end]
         self._close_rows = 0
+        # `market.prices` with 0.0 for the never-priced, and which those are: what `book_nav`
+        # derives from prices with numpy calls every time, kept up to date by `on_bar` (NAV)
+        self._priced = np.zeros(n)
+        self._unpriced = set(range(n))
+        # len(portfolio.positions) when a symbol was last missing from it (`_held`)
+        self._held_missing_at = -1
         self._var_model_cfg = limits.var
         # the VaR model is prepared lazily (`_ensure_var`): `_closes_version` counts changes
         # of the window of closes, `_var_version` is the one `ctx.var` was prepared from
@@ -184,11 +195,12 @@ class RiskGate:
                 if kept:
                     self.market.avg_volume[symbol] = sum(kept) / len(kept)
         rows = limits.var.window_bars + 1
-        if rows != self._closes.shape[0]:
+        if rows != self._close_cap:
             keep = min(self._close_rows, rows)
-            closes = np.full((rows, len(self.symbols)), np.nan)
-            closes[:keep] = self._closes[self._close_rows - keep:self._close_rows]
-            self._closes, self._close_rows = closes, keep
+            buf = np.full((2 * rows, len(self.symbols)), np.nan)
+            buf[:keep] = self._closes()[self._close_rows - keep:]
+            self._close_buf, self._close_cap = buf, rows
+            self._close_end = self._close_rows = keep
         self._var_model_cfg = limits.var
         self._var_version = -1  # the model's settings changed: re-prepare now
         self._ensure_var(self._safe_book())
@@ -314,6 +326,8 @@ class RiskGate:
             seen = self.monotonic()
         self.market.last_close[bar.symbol] = float(close)
         self.market.prices[i] = close
+        self._priced[i] = close
+        self._unpriced.discard(i)
         self._prices_version += 1
         self.market.last_seen[bar.symbol] = seen
         self._last_bar_at = self._now()
@@ -348,15 +362,20 @@ class RiskGate:
         except Exception as exc:  # keep the last rules we had; unknown markets are rejected
             log.warning("market_rules_unavailable", error=f"{type(exc).__name__}: {exc}")
 
+    def _closes(self) -> np.ndarray:
+        """The window of closes, oldest row first (a view: read, do not keep)."""
+        return self._close_buf[self._close_end - self._close_rows:self._close_end]
+
     def _append_closes(self) -> None:
         # one row per bar; a symbol without a new bar repeats its close (a zero return)
-        cap = self._closes.shape[0]
-        if self._close_rows < cap:
-            self._closes[self._close_rows] = self.market.prices
-            self._close_rows += 1
-        else:
-            self._closes[:-1] = self._closes[1:]
-            self._closes[-1] = self.market.prices
+        buf, end, cap = self._close_buf, self._close_end, self._close_cap
+        if end == buf.shape[0]:  # full: move the window's newest cap - 1 rows to the start
+            keep = min(self._close_rows, cap - 1)
+            buf[:keep] = buf[end - keep:end]
+            end = self._close_rows = keep
+        buf[end] = self.market.prices
+        self._close_end = end + 1
+        self._close_rows = min(self._close_rows + 1, cap)
         self._closes_version += 1
 
     def _ensure_var(self, book: Book | None) -> None:
@@ -376,7 +395,7 @@ class RiskGate:
         if view.bars < min_bars:
             view.unavailable = f"{view.bars} bars of returns, need {min_bars}"
             return
-        closes = self._closes[:self._close_rows]
+        closes = self._closes()
         with np.errstate(invalid="ignore", divide="ignore"):
             returns = closes[1:] / closes[:-1] - 1.0
         clean = np.isfinite(returns).all(axis=0)
@@ -416,12 +435,14 @@ class RiskGate:
         if self.portfolio is None:
             return 0.0, (0.0,) * n
         positions = self.portfolio.positions
-        if n > 1:
+        if n > 1 and len(positions) != self._held_missing_at:
             try:
                 # one C call for every lookup, 2.5x `map(positions.get, ...)`
                 return self.portfolio.cash, self._held_getter(positions)
             except KeyError:
-                pass  # a symbol never held yet
+                # a symbol never held yet: `get` until the portfolio's symbols change (a
+                # raised KeyError per order or bar costs more than the lookups)
+                self._held_missing_at = len(positions)
         return self.portfolio.cash, tuple(map(positions.get, self.symbols, repeat(0.0, n)))
 
     def _build_book(self) -> Book:
@@ -455,10 +476,14 @@ class RiskGate:
         """The book's NAV (cash + positions, `Book.build`'s arithmetic) without its exposures:
         what the loss limits read, per bar, without the working orders' walk."""
         cash, positions = self._held()
-        held = np.fromiter(positions, dtype=float, count=len(positions))
-        market = self.market
-        return book_nav(held, market.prices, cash,
-                        all_priced=len(market.last_close) == len(market.symbols))
+        for i in self._unpriced:
+            if positions[i] != 0.0:  # NaN too, as in `book_nav`: held without a price
+                return math.nan
+        # `book_nav`'s arithmetic (`_priced` is its `np.where(isnan(prices), 0, prices)`, and
+        # equals `prices` once all are priced): the same dot of the same vectors, the same NAV
+        # to the bit, without its numpy calls on the prices every bar
+        return cash + float(np.fromiter(positions, dtype=float, count=len(positions))
+                            @ self._priced)
 
     def _safe_nav(self) -> float | None:
         try:
@@ -476,16 +501,21 @@ class RiskGate:
         watch.update(nav, day)
         if watch.needs_save() or watch.day != day_before:
             watch.save(self.journal)
+        # `escalate` ignores a state no stricter than the current one: test that first, so a
+        # limit breached for months (a halted replay) does not build its context every bar
+        rank = self.trading.state.rank
         loss = watch.daily_loss
-        if loss > st.max_daily_loss_fraction:
+        if loss > st.max_daily_loss_fraction \
+                and TradingState(st.daily_loss_action).rank > rank:
             self.trading.escalate(TradingState(st.daily_loss_action), "DAILY_LOSS_LIMIT",
                                   context={"loss": round(loss, 6),
                                            "limit": st.max_daily_loss_fraction,
                                            "nav": round(nav, 2),
                                            "day_start_nav": round(watch.day_start_nav or 0, 2),
                                            "day": watch.day})
+        rank = self.trading.state.rank  # the daily loss may have escalated just now
         dd = watch.drawdown
-        if dd > st.max_drawdown_fraction:
+        if dd > st.max_drawdown_fraction and TradingState(st.drawdown_action).rank > rank:
             self.trading.escalate(TradingState(st.drawdown_action), "DRAWDOWN_LIMIT",
                                   context={"drawdown": round(dd, 6),
                                            "limit": st.max_drawdown_fraction,
@@ -578,7 +608,7 @@ class RiskGate:
     def _approve(self, intent: OrderIntent) -> None:
         now = self.ctx.now
         self.ctx.throttle.record_order(intent.symbol, now)
-        self.ctx.duplicates.record(intent.symbol, intent.side.value, intent.quantity,
+        self.ctx.duplicates.record(intent.symbol, intent.side._value_, intent.quantity,
                                    intent.client_order_id, intent.decision_id, now)
         effect = self.ctx.effect
         if effect is not None:

@@ -278,7 +278,8 @@ def check_exchange_filters(intent: OrderIntent, ctx: GateContext) -> Denial | No
 
 
 def check_duplicate(intent: OrderIntent, ctx: GateContext) -> Denial | None:
-    v = ctx.duplicates.check(intent.symbol, intent.side.value, intent.quantity,
+    # `_value_`: the member's value without the enum property's descriptor call (per order)
+    v = ctx.duplicates.check(intent.symbol, intent.side._value_, intent.quantity,
                              intent.client_order_id, intent.decision_id, ctx.now)
     return None if v is None else Denial(v[0], {"client_order_id": intent.client_order_id, **v[1]})
 

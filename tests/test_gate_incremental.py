@@ -264,3 +264,65 @@ def test_the_gate_decides_on_the_book_a_rebuild_gives() -> None:
             portfolio.positions[s2] += q
             portfolio.cash -= q * prices[s2]
     assert gate.approved > 100 and gate.errors == 0
+
+
+def _gate(symbols: list[str], portfolio: Portfolio, limits: RiskLimits) -> RiskGate:
+    class Bus:
+        def publish(self, event: Any) -> None:
+            pass
+
+    return RiskGate(Bus(), limits, symbols=symbols, portfolio=portfolio,  # type: ignore[arg-type]
+                    monotonic=lambda: 0.0)
+
+
+def test_per_bar_nav_is_book_nav_to_the_bit() -> None:
+    from datetime import UTC, datetime
+
+    from risk.exposure import book_nav
+
+    rng = random.Random(9)
+    symbols = [f"A{i}/USDT" for i in range(8)]
+    portfolio = Portfolio(quote="USDT", cash=1_000.0)
+    gate = _gate(symbols, portfolio, RiskLimits())
+    ts = datetime(2024, 1, 1, tzinfo=UTC)
+    for step in range(300):
+        s = rng.choice(symbols)
+        if rng.random() < 0.5:  # a bar for one symbol: priced from now on
+            p = 10.0 ** rng.uniform(-1, 3)
+            gate.on_bar(Bar(s, ts, p, p, p, p, 1.0, 3600))
+        else:  # a position moves (held while unpriced: NAV unknown)
+            portfolio.positions[s] = rng.choice([0.0, rng.uniform(-5, 5), math.nan]
+                                                if step % 50 == 0 else [0.0, rng.uniform(-5, 5)])
+            portfolio.cash += rng.uniform(-10, 10)
+        held = np.array([portfolio.positions.get(x, 0.0) for x in symbols], dtype=float)
+        market = gate.market
+        want = book_nav(held, market.prices, portfolio.cash,
+                        all_priced=len(market.last_close) == len(symbols))
+        got = gate._nav()
+        assert got == want or (math.isnan(got) and math.isnan(want))
+
+
+def test_the_window_of_closes_is_the_last_rows_of_every_bar() -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    symbols = ["A/USDT", "B/USDT"]
+    limits = RiskLimits(var=VarConfig(window_bars=20), var_min_bars=20)
+    gate = _gate(symbols, Portfolio(quote="USDT", cash=1.0), limits)
+    window: list[list[float]] = []  # the model: every bar's prices, the newest `cap` kept
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    for b in range(130):
+        ts = t0 + timedelta(hours=b)
+        for k, s in enumerate(symbols):
+            if not (k == 1 and b % 7 == 3):  # B misses some bars: its close repeats
+                p = 100.0 + b + k / 10
+                gate.on_bar(Bar(s, ts, p, p, p, p, 1.0, 3600))
+        gate.on_bars_closed(BarsClosed(ts=ts, count=2))
+        cap = gate.limits.var.window_bars + 1
+        window = [*window, gate.market.prices.tolist()][-cap:]
+        np.testing.assert_array_equal(gate._closes(), np.array(window))
+        if b in (60, 90):  # a reload keeps the newest rows that fit (a longer window refills)
+            bars = 25 if b == 60 else 40
+            gate.update_limits(replace(limits, var=VarConfig(window_bars=bars)))
+            window = window[-(bars + 1):]
+            np.testing.assert_array_equal(gate._closes(), np.array(window))
