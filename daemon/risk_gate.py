@@ -503,19 +503,18 @@ class RiskGate:
             watch.save(self.journal)
         # `escalate` ignores a state no stricter than the current one: test that first, so a
         # limit breached for months (a halted replay) does not build its context every bar
-        rank = self.trading.state.rank
         loss = watch.daily_loss
         if loss > st.max_daily_loss_fraction \
-                and TradingState(st.daily_loss_action).rank > rank:
+                and TradingState(st.daily_loss_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.daily_loss_action), "DAILY_LOSS_LIMIT",
                                   context={"loss": round(loss, 6),
                                            "limit": st.max_daily_loss_fraction,
                                            "nav": round(nav, 2),
                                            "day_start_nav": round(watch.day_start_nav or 0, 2),
                                            "day": watch.day})
-        rank = self.trading.state.rank  # the daily loss may have escalated just now
-        dd = watch.drawdown
-        if dd > st.max_drawdown_fraction and TradingState(st.drawdown_action).rank > rank:
+        dd = watch.drawdown  # (the state is read again: the daily loss may have escalated it)
+        if dd > st.max_drawdown_fraction \
+                and TradingState(st.drawdown_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.drawdown_action), "DRAWDOWN_LIMIT",
                                   context={"drawdown": round(dd, 6),
                                            "limit": st.max_drawdown_fraction,
