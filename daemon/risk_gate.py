@@ -313,8 +313,9 @@ class RiskGate:
     def _on_bar(self, bar: Bar) -> None:
         i = self.market.index.get(bar.symbol)
         close = bar.close
-        if i is None or not (isinstance(close, int | float) and math.isfinite(close)
-                             and close > 0):
+        # a float is decided by two comparisons (NaN fails both); anything else by the full test
+        if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
+                isinstance(close, int | float) and math.isfinite(close) and close > 0)):
             # a bar we cannot price from is no fresh data: staleness keeps counting
             log.warning("bar_ignored", symbol=bar.symbol, close=close)
             return
@@ -327,12 +328,14 @@ class RiskGate:
         self.market.last_close[bar.symbol] = float(close)
         self.market.prices[i] = close
         self._priced[i] = close
-        self._unpriced.discard(i)
+        if self._unpriced:
+            self._unpriced.discard(i)
         self._prices_version += 1
         self.market.last_seen[bar.symbol] = seen
         self._last_bar_at = self._now()
         volume = bar.volume
-        if isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0:
+        if (type(volume) is float and 0.0 <= volume < math.inf) or (
+                isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
             window = self._volumes[bar.symbol]
             window.append(float(volume))
             self.market.avg_volume[bar.symbol] = sum(window) / len(window)
