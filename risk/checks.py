@@ -15,6 +15,10 @@ Two stages, cheapest first:
 * `PORTFOLIO_CHECKS` judge the book after this order and every working order: state REDUCING,
   NAV, exposure, VaR/CVaR. An order that only reduces risk passes them.
 
+The checks run for every order, so what they read is prepared elsewhere (per bar in the gate's
+`MarketView` and `VarView`, per book change in `risk.exposure.BookKeeper`), and a check that
+passes builds nothing: contexts and messages are made only for a denial.
+
 Reason codes (the README lists them with their meaning):
 STATE_HALTED STATE_REDUCING; ORDER_BAD_CLIENT_ID ORDER_BAD_SIDE ORDER_BAD_TYPE
 ORDER_BAD_QUANTITY ORDER_BAD_PRICE ORDER_UNKNOWN_SYMBOL; DATA_NO_PRICE DATA_STALE;

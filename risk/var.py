@@ -5,6 +5,10 @@ The work is split in two because the gate asks "VaR after this order" many times
     prepared = VarModel(cfg).prepare(returns_window)    # once per bar: covariance or scenarios
     var, cvar = prepared.var(exposures)                 # once per order: microseconds
 
+A scenario model also answers from a P&L vector the caller keeps itself
+(`ScenarioRisk.risk_of_pnl`, `columns`): the gate moves its book's P&L by the assets an order
+or a fill changed, O(S) per order instead of the O(S x N) product.
+
 Conventions (every model):
 
 * `returns_window` holds simple per-bar returns, oldest row first, one column per asset in the
