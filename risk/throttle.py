@@ -149,7 +149,9 @@ class DuplicateFilter:
 
     def check(self, symbol: str, side: str, quantity: float, client_order_id: str,
               decision_id: str, now: float) -> Violation | None:
-        self._evict(now)
+        order = self._order
+        if order and order[0][0] <= now - self.window_s:  # once per order: test, then call
+            self._evict(now)
         entries = self._by_key.get((symbol, side, quantity))
         if not entries:
             return None
