@@ -160,7 +160,9 @@ class RiskGate:
         # the book between orders (`risk.exposure.BookKeeper`); `_prices_version` counts the
         # bars that moved `market.prices`, which is how the keeper knows to rebuild
         self._book = BookKeeper(self.symbols)
-        self._held_getter = operator.itemgetter(*self.symbols)
+        # every position in one C call (`_held`); with one symbol itemgetter returns a bare
+        # value, with none it cannot be built: those read positions with `get`
+        self._held_getter = operator.itemgetter(*self.symbols) if n > 1 else None
         self._loaded_record: StateRecord | None = None  # the record `ctx.state` shows
         self._prices_version = 0
         # counters for status and the run summary
@@ -438,10 +440,11 @@ class RiskGate:
         if self.portfolio is None:
             return 0.0, (0.0,) * n
         positions = self.portfolio.positions
-        if n > 1 and len(positions) != self._held_missing_at:
+        getter = self._held_getter
+        if getter is not None and len(positions) != self._held_missing_at:
             try:
                 # one C call for every lookup, 2.5x `map(positions.get, ...)`
-                return self.portfolio.cash, self._held_getter(positions)
+                return self.portfolio.cash, getter(positions)
             except KeyError:
                 # a symbol never held yet: `get` until the portfolio's symbols change (a
                 # raised KeyError per order or bar costs more than the lookups)
