@@ -15,6 +15,10 @@ Two stages, cheapest first:
 * `PORTFOLIO_CHECKS` judge the book after this order and every working order: state REDUCING,
   NAV, exposure, VaR/CVaR. An order that only reduces risk passes them.
 
+The checks run for every order, so what they read is prepared elsewhere (per bar in the gate's
+`MarketView` and `VarView`, per book change in `risk.exposure.BookKeeper`), and a check that
+passes builds nothing: contexts and messages are made only for a denial.
+
 Reason codes (the README lists them with their meaning):
 STATE_HALTED STATE_REDUCING; ORDER_BAD_CLIENT_ID ORDER_BAD_SIDE ORDER_BAD_TYPE
 ORDER_BAD_QUANTITY ORDER_BAD_PRICE ORDER_UNKNOWN_SYMBOL; DATA_NO_PRICE DATA_STALE;
@@ -31,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,7 +44,7 @@ from risk.exposure import Book, Group, exposure_violation
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle
-from risk.var import PreparedRisk, var_check
+from risk.var import PreparedRisk, ScenarioRisk, var_check
 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 
@@ -80,11 +84,46 @@ class VarView:
     covered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     uncovered: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    positions: list[int] = field(default_factory=list)  # `position` as ints, for per order
     bars: int = 0
     unavailable: str = "no bars yet"
     book_values: bytes | None = None  # the covered values' bytes: equality is a memcmp
     book_risk: tuple[float, float] | None = None
     all_covered: bool = False
+    # scenario models: the P&L of the last book checked (`pnl_values`, the covered values it
+    # is the P&L of), moved by the assets that changed since instead of a scenario product
+    pnl: np.ndarray | None = None
+    pnl_values: np.ndarray | None = None
+    pnl_moves: int = 0  # moves since the last full product (a refresh caps the rounding)
+
+    # more changed assets than this, or this many moves in a row: the full product instead
+    MAX_PNL_SWAPS: ClassVar[int] = 8
+    PNL_REFRESH: ClassVar[int] = 256
+    # below this many scenario cells (S * N) one matrix product is cheaper than the handful
+    # of small numpy calls that move the P&L (250 historical bars x 50 assets: the product)
+    PNL_MIN_SIZE: ClassVar[int] = 20_000
+
+    def book_pnl(self, prepared: ScenarioRisk, values: np.ndarray) -> np.ndarray:
+        """`prepared.pnl(values)`, from the P&L kept for the last book: books one order apart
+        differ in an asset or two. `values` must not be written to afterwards (books are
+        snapshots)."""
+        kept, base = self.pnl, self.pnl_values
+        if base is values and kept is not None:
+            return kept
+        pnl = None
+        if kept is not None and base is not None and self.pnl_moves < self.PNL_REFRESH:
+            diff = values - base
+            idx = np.flatnonzero(diff)
+            if idx.size <= self.MAX_PNL_SWAPS:
+                moved = diff[idx]
+                if bool(np.isfinite(moved).all()):  # NaN in or out: only a product is right
+                    pnl = kept + moved @ prepared.columns[idx] if idx.size else kept
+                    self.pnl_moves += 1
+        if pnl is None:
+            pnl = prepared.pnl(values)
+            self.pnl_moves = 0
+        self.pnl, self.pnl_values = pnl, values
+        return pnl
 
 
 @dataclass(slots=True)
@@ -130,6 +169,8 @@ def signed_quantity(intent: OrderIntent) -> float:
 
 
 def _finite_positive(x: Any) -> bool:
+    if type(x) is float:  # the usual case, decided by two comparisons (NaN fails both)
+        return 0.0 < x < math.inf
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
@@ -241,7 +282,8 @@ def check_exchange_filters(intent: OrderIntent, ctx: GateContext) -> Denial | No
 
 
 def check_duplicate(intent: OrderIntent, ctx: GateContext) -> Denial | None:
-    v = ctx.duplicates.check(intent.symbol, intent.side.value, intent.quantity,
+    # `_value_`: the member's value without the enum property's descriptor call (per order)
+    v = ctx.duplicates.check(intent.symbol, intent.side._value_, intent.quantity,
                              intent.client_order_id, intent.decision_id, ctx.now)
     return None if v is None else Denial(v[0], {"client_order_id": intent.client_order_id, **v[1]})
 
@@ -293,7 +335,7 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
             return None
         return Denial("VAR_UNAVAILABLE", {"reason": view.unavailable, "bars": view.bars,
                                           "min_bars": ctx.limits.var_min_bars})
-    pos = int(view.position[effect.index])
+    pos = view.positions[effect.index]
     if pos < 0 or (view.uncovered.size and bool(np.any(book.values[view.uncovered] != 0.0))):
         # a position the model cannot see would make VaR look smaller than it is
         if effect.reduces:
@@ -305,10 +347,25 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
     before = book.values if view.all_covered else book.values[view.covered]
     after = before.copy()
     after[pos] += effect.delta_value
+    if isinstance(prepared, ScenarioRisk) and prepared.scenarios.size > VarView.PNL_MIN_SIZE:
+        # the book's P&L per scenario moved by this order's asset: O(S), not O(S * N)
+        pnl = view.book_pnl(prepared, before)
+        risk_after = prepared.risk_of_pnl(pnl + effect.delta_value * prepared.columns[pos])
+    else:
+        risk_after = prepared.var(after)
+    cfg, nav = ctx.limits.var, book.nav
+    var_a, cvar_a = risk_after
+    # the common case, as `var_check` decides it first: both measures finite and within their
+    # limits (NaN fails every comparison and goes on to var_check's VAR_NOT_FINITE)
+    if var_a <= cfg.max_var_fraction * nav and cvar_a <= cfg.max_cvar_fraction * nav \
+            and -math.inf < var_a < math.inf and -math.inf < cvar_a < math.inf \
+            and -math.inf < nav < math.inf:
+        return None
     risk_before = None
     if view.book_values is not None and before.tobytes() == view.book_values:
         risk_before = view.book_risk  # the book's risk, computed once this bar
-    out = var_check(prepared, before, after, book.nav, ctx.limits.var, risk_before=risk_before)
+    out = var_check(prepared, before, after, nav, cfg, risk_before=risk_before,
+                    risk_after=risk_after)
     if out is None:
         return None
     code, context = out

@@ -88,13 +88,14 @@ class MessageThrottle:
         return None
 
     def record_order(self, symbol: str, now: float) -> None:
-        self._orders.second.add(now)
-        self._orders.minute.add(now)
+        # once per approved order: the deques directly, not four `add` calls
+        self._orders.second._times.append(now)
+        self._orders.minute._times.append(now)
         pair = self._symbol_orders.get(symbol)
         if pair is None:
             pair = self._symbol_orders[symbol] = _Pair()
-        pair.second.add(now)
-        pair.minute.add(now)
+        pair.second._times.append(now)
+        pair.minute._times.append(now)
 
     def check_cancel(self, symbol: str, now: float) -> Violation | None:
         lim = self.limits
@@ -148,7 +149,9 @@ class DuplicateFilter:
 
     def check(self, symbol: str, side: str, quantity: float, client_order_id: str,
               decision_id: str, now: float) -> Violation | None:
-        self._evict(now)
+        order = self._order
+        if order and order[0][0] <= now - self.window_s:  # once per order: test, then call
+            self._evict(now)
         entries = self._by_key.get((symbol, side, quantity))
         if not entries:
             return None
@@ -163,5 +166,8 @@ class DuplicateFilter:
     def record(self, symbol: str, side: str, quantity: float, client_order_id: str,
                decision_id: str, now: float) -> None:
         key = (symbol, side, quantity)
-        self._by_key.setdefault(key, deque()).append((now, client_order_id, decision_id))
+        entries = self._by_key.get(key)
+        if entries is None:  # not setdefault: that would build a deque for every order
+            entries = self._by_key[key] = deque()
+        entries.append((now, client_order_id, decision_id))
         self._order.append((now, key))
