@@ -284,7 +284,7 @@ def test_caps_below_budget_hold_every_asset_at_its_cap(rets, method):
     assert buffered.weights == pytest.approx({"BTC/USDT": 0.4, "ETH/USDT": 0.3}, abs=1e-12)
     # a group cap the caps themselves break is still infeasible: nothing is invented
     grouped = ConstraintsConfig(groups={"g": ["BTC/USDT", "ETH/USDT"]}, group_max={"g": 0.5})
-    with pytest.raises(SolveError, match="infeasible|cannot satisfy"):
+    with pytest.raises(SolveError, match=r"infeasible|cannot satisfy"):
         solve(two, cfg(method=method, max_weight=0.4, constraints=grouped), DAY)
 
 
