@@ -25,6 +25,9 @@ def test_shipped_config_runs_offline_and_stops_cleanly_on_sigint(tmp_path: Path)
     # before its first trade, so speed the clock up through the config it ships with
     text = config.read_text().replace("speed = 3600.0", "speed = 360000.0")
     assert text != config.read_text(), "config.toml no longer sets speed = 3600.0"
+    # a daemon already serving the shipped port on this machine must not fail the test
+    assert "\nport = 9108\n" in text, "config.toml no longer sets [http] port = 9108"
+    text = text.replace("\nport = 9108\n", "\nport = 0\n")
     config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
