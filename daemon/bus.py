@@ -77,6 +77,9 @@ class Subscriber:
     _queued: bool = False
     # lockstep: the timestamp's events, delivered before the inbox (`publish_settled`)
     _batch: Sequence[Event] = ()
+    # the worker waits for `wakeup` (not merely idle: a worker not started yet would run
+    # before those woken by a publish, in the order the tasks were created)
+    _parked: bool = False
 
     def handler_for(self, event_type: type) -> Handler | None:
         handler = self.handlers.get(event_type)
@@ -214,7 +217,9 @@ class EventBus:
                 sub._over = False
                 sub.idle.set()
                 sub.wakeup.clear()
+                sub._parked = True
                 await sub.wakeup.wait()
+                sub._parked = False
                 continue
             event = _take(sub)
             handler = handlers.get(type(event)) or sub.handler_for(type(event))
@@ -295,11 +300,12 @@ class EventBus:
         await self.settle()
 
     def _quiet(self) -> bool:
-        """Every worker parked with an empty inbox, no tracked work left, not inline already."""
+        """Every worker parked on its wake-up with an empty inbox, no tracked work left, not
+        inline already."""
         if not self._running or self._ready is not None or self._playing is not None:
             return False
         for s in self._subscribers:
-            if not s.idle.is_set():
+            if not s._parked or not s.idle.is_set():
                 return False
         return all(t.done() for t in self._background)
 
