@@ -170,6 +170,7 @@ class ReplayFeed:
     async def bars(self) -> AsyncIterator[list[Bar]]:
         self._closed = False
         pacer = Pacer(self.cfg.speed, clock=self._clock, sleep=self._sleep)
+        paced = pacer.enabled
         symbols, interval = self.symbols, self.interval_s
         n_groups = len(self._group_starts)
         prev_ns = int(self._ts[0]) if len(self._ts) else 0
@@ -184,9 +185,10 @@ class ReplayFeed:
             for k, t_ns in enumerate(ts_ns):
                 if self._closed:
                     return
-                await pacer.wait((t_ns - prev_ns) / _NS)
-                if self._closed:
-                    return
+                if paced:  # unpaced, a coroutine call per timestamp for nothing
+                    await pacer.wait((t_ns - prev_ns) / _NS)
+                    if self._closed:
+                        return
                 prev_ns = t_ns
                 ts = _to_datetime(t_ns)
                 yield [Bar(names[i], ts, o[i], h[i], low[i], c[i], v[i], interval)

@@ -228,12 +228,15 @@ class Rebalancer:
     # -- weights ----------------------------------------------------------------------------
     def effective_weights(self) -> dict[str, float]:
         """Weights counting working orders as if filled at the last price."""
-        nav = self.portfolio.nav
-        positions = self._effective_positions()
-        out = {}
-        for s in self.symbols:
-            out[s] = positions[s] * self.portfolio.prices.get(s, 0.0) / nav if nav > 0 else 0.0
-        return out
+        portfolio = self.portfolio
+        nav = portfolio.nav
+        if not nav > 0:
+            return dict.fromkeys(self.symbols, 0.0)
+        # `_effective_positions` inline (every bar): the same sums, in the same order
+        held, prices = portfolio.positions, portfolio.prices
+        working = self.oms.working_quantity()
+        return {s: (held.get(s, 0.0) + working.get(s, 0.0)) * prices.get(s, 0.0) / nav
+                for s in self.symbols}
 
     def _effective_positions(self) -> dict[str, float]:
         working = self.oms.working_quantity()
@@ -532,9 +535,13 @@ class Rebalancer:
         _, names, widths, target_invested = cache
         deploying = sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested
         # the same drifts, band test and sums as `drift` and `triggers.check_drift`
-        drifts = [current.get(s, 0.0) - targets.get(s, 0.0) for s in names]
-        abs_drifts = [abs(d) for d in drifts]
-        breached = any(a > b + 1e-12 for a, b in zip(abs_drifts, widths, strict=True))
+        now, goal = current.get, targets.get
+        abs_drifts = [abs(now(s, 0.0) - goal(s, 0.0)) for s in names]
+        breached = False
+        for a, b in zip(abs_drifts, widths, strict=True):
+            if a > b + 1e-12:
+                breached = True
+                break
         if not deploying and not breached:
             max_abs = max(abs_drifts, default=0.0)
             since = self._last_rebalance_ts or self._targets_since or ts
