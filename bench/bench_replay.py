@@ -202,13 +202,15 @@ def main() -> None:
                     help="print the wall time of each bus handler, the venue and the rest")
     ap.add_argument("--ab", type=int, metavar="N",
                     help="fast paths against old paths, N alternated rounds")
+    ap.add_argument("--old-paths", action="store_true",
+                    help="publish-then-settle and the full decide (see old_paths)")
     args = ap.parse_args()
     if args.ab:
         print(ab(args.ab))
         return
     prof = cProfile.Profile() if args.profile else None
     bd = Breakdown() if args.breakdown else None
-    r = replay_once(args.start, args.end, prof, bd, args.config)
+    r = replay_once(args.start, args.end, prof, bd, args.config, fast=not args.old_paths)
     for k, v in r.items():
         print(f"{k:<16} {v:,.2f}" if isinstance(v, float) else f"{k:<16} {v:,}")
     if bd is not None:

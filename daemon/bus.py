@@ -286,7 +286,8 @@ class EventBus:
         self.published += len(events)
         # every inbox is empty: instead of queueing `events` in each, each subscriber is handed
         # the batch and skips what it does not handle; what is published meanwhile queues
-        # behind it, as it would behind the batch in the inbox
+        # behind it, as it would behind the batch in the inbox (so the batch never counts
+        # towards an inbox's high-water mark)
         for sub in self._wake_order(events):
             sub._batch = events
             sub._queued = True
@@ -314,6 +315,8 @@ class EventBus:
         key = tuple(map(type, events))
         order = self._orders.get(key)
         if order is None:
+            if len(self._orders) >= 64:  # a replay has a few shapes (bars per timestamp)
+                self._orders.clear()
             order = list(dict.fromkeys(sub for t in key for sub in self._targets(t)))
             self._orders[key] = order
         return order
