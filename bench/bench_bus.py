@@ -10,7 +10,9 @@ trivial handler, on the same event loop (uvloop when installed, as the daemon ru
 - bus: `EventBus.publish`, one subscriber per consumer; the producer waits with `settle()`.
 
 Two shapes: `burst` publishes 1,000 events between waits (throughput), `lockstep` publishes
-one replay timestamp (6 bars and a BarsClosed) between waits, as an unpaced replay does. Rates
+one replay timestamp (6 bars and a BarsClosed) between waits, as an unpaced replay did, and
+`lockstep inline` hands the timestamp to `publish_settled`, as it does now: with the bus quiet,
+the handlers run in the publisher's task in the workers' order. Rates
 are deliveries per second (events x consumers); the ratio bus / raw is what the goal is about
 (>= 0.5): absolute numbers move with the load of a shared machine, the ratio much less. Each
 figure is the best of `REPEATS` runs.
@@ -90,6 +92,14 @@ async def raw_queue(batches: list[list[Event]], consumers: int) -> tuple[float, 
 
 
 async def bus(batches: list[list[Event]], consumers: int) -> tuple[float, int]:
+    return await _bus(batches, consumers, inline=False)
+
+
+async def bus_inline(batches: list[list[Event]], consumers: int) -> tuple[float, int]:
+    return await _bus(batches, consumers, inline=True)
+
+
+async def _bus(batches: list[list[Event]], consumers: int, inline: bool) -> tuple[float, int]:
     seen = [0] * consumers
     b = EventBus()
 
@@ -104,6 +114,9 @@ async def bus(batches: list[list[Event]], consumers: int) -> tuple[float, int]:
     await b.start()
     started = time.perf_counter()
     for batch in batches:
+        if inline:
+            await b.publish_settled(batch)
+            continue
         for event in batch:
             b.publish(event)
         await b.settle()
@@ -123,17 +136,25 @@ def _loop_run(coro: Coroutine[Any, Any, Any]) -> Any:
 def measure(shape: str) -> dict[str, float]:
     batches = _batches(shape)
     expected = sum(len(b) for b in batches) * CONSUMERS
-    best = {"raw": float("inf"), "bus": float("inf")}
+    sides: list[tuple[str, Callable[..., Coroutine[Any, Any, tuple[float, int]]]]] = [
+        ("raw", raw_queue), ("bus", bus)]
+    if shape == "lockstep":
+        sides.append(("inline", bus_inline))
+    best = {name: float("inf") for name, _ in sides}
     for _ in range(REPEATS):
-        # alternate, so a burst of load on the machine hits both sides alike
-        for name, fn in (("raw", raw_queue), ("bus", bus)):
+        # alternate, so a burst of load on the machine hits every side alike
+        for name, fn in sides:
             elapsed, delivered = _loop_run(fn(batches, CONSUMERS))
             if delivered != expected:
                 raise AssertionError(f"{name} {shape}: delivered {delivered} of {expected}")
             best[name] = min(best[name], elapsed)
     raw_rate, bus_rate = expected / best["raw"], expected / best["bus"]
-    return {"raw": raw_rate, "bus": bus_rate, "ratio": bus_rate / raw_rate,
-            "stamps_per_s": len(batches) / best["bus"]}
+    out = {"raw": raw_rate, "bus": bus_rate, "ratio": bus_rate / raw_rate,
+           "stamps_per_s": len(batches) / best["bus"]}
+    if "inline" in best:
+        out["inline"] = expected / best["inline"]
+        out["inline_stamps_per_s"] = len(batches) / best["inline"]
+    return out
 
 
 def run() -> list[dict[str, Any]]:
@@ -149,6 +170,13 @@ def run() -> list[dict[str, Any]]:
         if shape == "lockstep":
             rows.append({"metric": f"bus timestamps/s ({SYMBOLS} bars + BarsClosed, settle)",
                          "value": m["stamps_per_s"], "unit": "/s"})
+            rows.append({"metric": f"bus deliveries/s (lockstep inline, {CONSUMERS} consumers)",
+                         "value": m["inline"], "unit": "/s"})
+            rows.append({"metric": "bus inline / raw (lockstep)", "value": m["inline"] / m["raw"],
+                         "unit": "x", "goal": f">= {GOAL_RATIO}",
+                         "ok": m["inline"] / m["raw"] >= GOAL_RATIO})
+            rows.append({"metric": "bus timestamps/s (publish_settled, inline)",
+                         "value": m["inline_stamps_per_s"], "unit": "/s"})
     return rows
 
 

@@ -1,12 +1,16 @@
 """Replay throughput: the hourly Binance data through the whole daemon, rebalancing on.
 
     .venv/bin/python -m bench.bench_replay [--breakdown] [--profile OUT.txt] [--start D] [--end D]
+    .venv/bin/python -m bench.bench_replay --ab 3     # new paths against the old, alternated
 
 Replays `../shared/data/binance-spot/1h/` (6 assets, about 230,000 bars over 45,000
 timestamps) with `config.toml` exactly as `tradingd replay` does (same `Daemon`, paper venue,
 journal, the report's recorder on the bus), and reports bars per second of the run itself:
 data loading and the report are timed separately. `--profile` writes the cProfile summary
-that bench/README.md quotes.
+that bench/README.md quotes. `--ab N` replays the full data and the quarter N times each with
+the fast paths (the bus's inline lockstep, the rebalancer's halted shortcut) and without them,
+alternated in one process, and prints the ratio (tests/test_replay_lockstep.py shows that both
+make the same calls in the same order).
 
 Goal: >= 50,000 bars/s end to end.
 """
@@ -19,6 +23,7 @@ import cProfile
 import io
 import pstats
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +97,7 @@ class Breakdown:
 def replay_once(start: str | None = None, end: str | None = None,
                 profile: cProfile.Profile | None = None,
                 breakdown: Breakdown | None = None,
-                config: Path = ROOT / "config.toml") -> dict[str, Any]:
+                config: Path = ROOT / "config.toml", fast: bool = True) -> dict[str, Any]:
     from daemon.config import load_config
     from daemon.logs import configure
     from daemon.replay import ReplayRequest, execute, prepare
@@ -105,6 +110,8 @@ def replay_once(start: str | None = None, end: str | None = None,
         req = ReplayRequest(data_dir=DATA, out_dir=Path(tmp), start=start, end=end,
                             symbols=SYMBOLS)
         prepared = prepare(cfg, req)
+        if not fast:
+            old_paths(prepared.daemon)
         if breakdown is not None:
             breakdown.instrument(prepared.daemon)
         if profile is not None:
@@ -122,6 +129,34 @@ def replay_once(start: str | None = None, end: str | None = None,
             "orders": s.orders, "fills": s.fills, "risk_rejections": s.risk_rejections,
             "target_updates": result.recording.target_updates,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def old_paths(daemon: Any) -> None:
+    """The paths before the inline lockstep: publish every event then `settle()`, and the
+    rebalancer's full `decide` on every halted bar."""
+    daemon.bus.inline_lockstep = False
+    daemon.rebalancer._halted_repeat = lambda exempt: False
+
+
+def ab(rounds: int) -> str:
+    """Fast paths against old paths, alternated in this process (the order flips every round,
+    so a drift in the machine's load favours neither); medians of `rounds` runs each."""
+    windows = {"full data": (None, None), f"{QUIET[0]}..{QUIET[1]}": QUIET}
+    replay_once(*QUIET)  # warm-up: imports, the solver cache's first compile of each shape
+    runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for k in range(rounds):
+        for window, (start, end) in windows.items():
+            for fast in ((True, False) if k % 2 == 0 else (False, True)):
+                runs.setdefault((window, fast), []).append(replay_once(start, end, fast=fast))
+    lines = [f"{'window':<24} {'variant':<10} {'run, s':>7} {'bars/s':>8} {'old / new':>9}"]
+    for window in windows:
+        median = {fast: statistics.median(r["run_s"] for r in runs[(window, fast)])
+                  for fast in (True, False)}
+        bars = runs[(window, True)][0]["bars"]
+        for fast, name in ((False, "old paths"), (True, "new")):
+            lines.append(f"{window:<24} {name:<10} {median[fast]:>7.2f} "
+                         f"{bars / median[fast]:>8,.0f} {median[False] / median[fast]:>9.2f}")
+    return "\n".join(lines)
 
 
 def _loop_run(coro: Any) -> Any:
@@ -165,10 +200,17 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("--breakdown", action="store_true",
                     help="print the wall time of each bus handler, the venue and the rest")
+    ap.add_argument("--ab", type=int, metavar="N",
+                    help="fast paths against old paths, N alternated rounds")
+    ap.add_argument("--old-paths", action="store_true",
+                    help="publish-then-settle and the full decide (see old_paths)")
     args = ap.parse_args()
+    if args.ab:
+        print(ab(args.ab))
+        return
     prof = cProfile.Profile() if args.profile else None
     bd = Breakdown() if args.breakdown else None
-    r = replay_once(args.start, args.end, prof, bd, args.config)
+    r = replay_once(args.start, args.end, prof, bd, args.config, fast=not args.old_paths)
     for k, v in r.items():
         print(f"{k:<16} {v:,.2f}" if isinstance(v, float) else f"{k:<16} {v:,}")
     if bd is not None:

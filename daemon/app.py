@@ -226,12 +226,15 @@ class Daemon:
                 continue
             if on_bars is not None:
                 on_bars(bars)  # the venue's market moves before we see it
-            for bar in bars:
-                self.bus.publish(bar)
-            self.bus.publish(BarsClosed(ts=bars[0].ts, count=len(bars)))
+            closed = BarsClosed(ts=bars[0].ts, count=len(bars))
             self.timestamps += 1
             if lockstep:
-                await self.bus.settle()
+                # publish and settle: the bus runs the handlers in this task when it can
+                await self.bus.publish_settled([*bars, closed])
+            else:
+                for bar in bars:
+                    self.bus.publish(bar)
+                self.bus.publish(closed)
             if self.start_nav is None:
                 await self.bus.settle()
                 self.start_nav = self.portfolio.nav

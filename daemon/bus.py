@@ -11,6 +11,17 @@ Overflow policy, when a subscriber's inbox holds `capacity` events:
   counted and logged once per episode.
 
 A handler that raises is logged with the event and counted; the worker carries on.
+
+Lockstep (`publish_settled`): an unpaced replay publishes one timestamp, then waits for the bus
+to settle, 45,000 times. When the bus is quiet on entry, the caller's own task runs the handlers
+instead of waking the workers, and runs them exactly as the event loop would have run the
+workers: a FIFO of subscribers in the order their workers would have been woken, each draining
+its whole inbox, events published meanwhile appended as `publish` always does. A worker waits
+its turn on the loop's ready queue in the same order, so this is the same sequence of handler
+calls, without a task switch, an `asyncio.Event` and a settle round per subscriber. Where the
+loop would interleave something the caller cannot run itself (a handler's awaitable, a
+`track`ed task's first step), the queued subscribers' workers are woken in that same order and
+the loop takes over from there (`_release`).
 """
 
 from __future__ import annotations
@@ -19,7 +30,7 @@ import asyncio
 import contextlib
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +72,14 @@ class Subscriber:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     _over: bool = False
+    # lockstep: queued in the bus's ready list or being run inline (`publish_settled`); stands
+    # for a set `wakeup`: a publish need not wake the worker
+    _queued: bool = False
+    # lockstep: the timestamp's events, delivered before the inbox (`publish_settled`)
+    _batch: Sequence[Event] = ()
+    # the worker waits for `wakeup` (not merely idle: a worker not started yet would run
+    # before those woken by a publish, in the order the tasks were created)
+    _parked: bool = False
 
     def handler_for(self, event_type: type) -> Handler | None:
         handler = self.handlers.get(event_type)
@@ -74,6 +93,25 @@ class Subscriber:
     @property
     def depth(self) -> int:
         return len(self.inbox)
+
+
+def _take(sub: Subscriber) -> Any:
+    """Pop the next event of `sub`'s inbox, unwrapping a coalescable bar."""
+    item = sub.inbox.popleft()
+    if type(item) is _Slot:
+        event = item.bar
+        if sub.pending_bars.get(event.symbol) is item:
+            del sub.pending_bars[event.symbol]
+        return event
+    return item
+
+
+def _requeue(sub: Subscriber, events: Sequence[Event]) -> None:
+    """Put the events of a batch that `sub` takes in front of its inbox (lockstep hand-over:
+    they were published before anything queued there)."""
+    taken = [e for e in events if sub.handler_for(type(e)) is not None]
+    sub.inbox.extendleft(reversed(taken))
+    sub.stats.high_water = max(sub.stats.high_water, len(sub.inbox))
 
 
 def _report_failure(sub: Subscriber, handler: Handler | None, event: object,
@@ -93,6 +131,13 @@ class EventBus:
         self._background: set[asyncio.Task[Any]] = set()
         self._running = False
         self.published = 0
+        # `publish_settled` runs handlers in the caller's task when the bus is quiet; False
+        # restores publish-then-settle (the equivalence test compares the two)
+        self.inline_lockstep = True
+        self._ready: deque[Subscriber] | None = None  # lockstep: subscribers due, in wake order
+        self._playing: Subscriber | None = None  # lockstep: the subscriber run inline now
+        self._orders: dict[tuple[type, ...], list[Subscriber]] = {}  # `_wake_order`'s cache
+        self.inline_timestamps = 0  # `publish_settled` calls that ran inline
 
     # -- wiring -------------------------------------------------------------------------
     def subscribe(self, name: str, handlers: Mapping[type, Handler],
@@ -104,6 +149,7 @@ class EventBus:
         sub.idle.set()
         self._subscribers.append(sub)
         self._by_type.clear()
+        self._orders.clear()
         if self._running:
             sub.task = asyncio.create_task(self._work(sub), name=f"bus:{name}")
         return sub
@@ -124,6 +170,7 @@ class EventBus:
             targets = self._targets(event_type)
         is_bar = event_type is Bar
         symbol: str = event.symbol if is_bar else ""  # type: ignore[attr-defined]
+        ready, playing = self._ready, self._playing
         for sub in targets:
             if is_bar:
                 # a full inbox overwrites the waiting bar of the symbol (module doc); inline,
@@ -149,7 +196,12 @@ class EventBus:
             if depth > sub.stats.high_water:
                 sub.stats.high_water = depth
             sub.idle.clear()
-            sub.wakeup.set()
+            if ready is None:
+                if sub is not playing:  # a running worker needs no wake-up either
+                    sub.wakeup.set()
+            elif not sub._queued:  # lockstep: what wakeup.set() would schedule, in order
+                sub._queued = True
+                ready.append(sub)
 
     # -- running --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,15 +217,11 @@ class EventBus:
                 sub._over = False
                 sub.idle.set()
                 sub.wakeup.clear()
+                sub._parked = True
                 await sub.wakeup.wait()
+                sub._parked = False
                 continue
-            item = inbox.popleft()
-            if type(item) is _Slot:
-                event = item.bar
-                if sub.pending_bars.get(event.symbol) is item:
-                    del sub.pending_bars[event.symbol]
-            else:
-                event = item
+            event = _take(sub)
             handler = handlers.get(type(event)) or sub.handler_for(type(event))
             try:
                 result = handler(event)  # type: ignore[misc]
@@ -190,6 +238,9 @@ class EventBus:
 
     def track(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run background work (a solve, a retry) that `settle` must wait for."""
+        if self._ready is not None:
+            # lockstep: the task's first step is due after the workers already woken
+            self._release()
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._background.add(task)
@@ -218,6 +269,114 @@ class EventBus:
                 continue
             if pending:
                 await asyncio.wait(pending)
+
+    # -- lockstep -------------------------------------------------------------------------
+    async def publish_settled(self, events: Sequence[Event]) -> None:
+        """Publish `events`, then wait until the bus has settled: the same as `publish` each
+        and `settle()`, and the same handler calls in the same order (module doc), run in the
+        caller's task while nothing else is pending on the bus."""
+        if not (self.inline_lockstep and self._quiet()):
+            for event in events:
+                self.publish(event)
+            await self.settle()
+            return
+        ready: deque[Subscriber] = deque()
+        self._ready = ready
+        self.inline_timestamps += 1
+        self.published += len(events)
+        # every inbox is empty: instead of queueing `events` in each, each subscriber is handed
+        # the batch and skips what it does not handle; what is published meanwhile queues
+        # behind it, as it would behind the batch in the inbox (so the batch never counts
+        # towards an inbox's high-water mark)
+        for sub in self._wake_order(events):
+            sub._batch = events
+            sub._queued = True
+            sub.idle.clear()
+            ready.append(sub)
+        try:
+            while ready and self._ready is not None:
+                await self._play(ready.popleft())
+        finally:
+            self._release()  # after a hand-over, nothing is left here; after an error, the rest
+        await self.settle()
+
+    def _quiet(self) -> bool:
+        """Every worker parked on its wake-up with an empty inbox, no tracked work left, not
+        inline already."""
+        if not self._running or self._ready is not None or self._playing is not None:
+            return False
+        for s in self._subscribers:
+            if not s._parked or not s.idle.is_set():
+                return False
+        return all(t.done() for t in self._background)
+
+    def _wake_order(self, events: Sequence[Event]) -> list[Subscriber]:
+        """The subscribers `events` wake, in the order their workers would be woken."""
+        key = tuple(map(type, events))
+        order = self._orders.get(key)
+        if order is None:
+            if len(self._orders) >= 64:  # a replay has a few shapes (bars per timestamp)
+                self._orders.clear()
+            order = list(dict.fromkeys(sub for t in key for sub in self._targets(t)))
+            self._orders[key] = order
+        return order
+
+    async def _play(self, sub: Subscriber) -> None:
+        """Deliver `sub`'s batch, then drain its inbox, in the caller's task, as its worker
+        would when woken."""
+        inbox, stats, handlers = sub.inbox, sub.stats, sub.handlers
+        self._playing = sub
+        batch, sub._batch = sub._batch, ()
+        n, pos = len(batch), 0
+        drained = False
+        try:
+            while True:
+                if pos < n:
+                    event = batch[pos]
+                    pos += 1
+                    handler = handlers.get(type(event)) or sub.handler_for(type(event))
+                    if handler is None:
+                        continue  # an event of the batch this subscriber does not take
+                elif inbox:
+                    event = _take(sub)
+                    handler = handlers.get(type(event)) or sub.handler_for(type(event))
+                else:
+                    break
+                try:
+                    result = handler(event)  # type: ignore[misc]
+                    if result is not None and inspect.isawaitable(result):
+                        # the worker would await here and the loop run the workers due after
+                        # it: wake them, in order, and await as the worker would
+                        self._release()
+                        await result
+                    stats.delivered += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    stats.errors += 1
+                    _report_failure(sub, handler, event, exc)
+            sub._over = False
+            sub.idle.set()
+            drained = True
+        finally:
+            sub._queued = False
+            self._playing = None
+            if not drained:  # cancelled: its worker takes over what is left
+                _requeue(sub, batch[pos:])
+                sub.wakeup.set()
+
+    def _release(self) -> None:
+        """Leave inline mode: wake the workers of the subscribers still due, in the order the
+        loop would have woken them, their batch put in front of their inbox; from here on
+        `publish` wakes workers itself."""
+        ready, self._ready = self._ready, None
+        if ready:
+            for sub in ready:
+                sub._queued = False
+                if sub._batch:
+                    _requeue(sub, sub._batch)
+                    sub._batch = ()
+                sub.wakeup.set()
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         """Deliver what is queued (bounded by `drain_timeout`), then stop the workers."""

@@ -19,6 +19,7 @@ same drift never triggers a second trade while the first is still working.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from daemon import logs
 from daemon.bus import EventBus
 from daemon.events import Bar, BarsClosed, OrderIntent, OrderType, Side, TargetWeights
 from daemon.history import CloseHistory
@@ -226,12 +228,15 @@ class Rebalancer:
     # -- weights ----------------------------------------------------------------------------
     def effective_weights(self) -> dict[str, float]:
         """Weights counting working orders as if filled at the last price."""
-        nav = self.portfolio.nav
-        positions = self._effective_positions()
-        out = {}
-        for s in self.symbols:
-            out[s] = positions[s] * self.portfolio.prices.get(s, 0.0) / nav if nav > 0 else 0.0
-        return out
+        portfolio = self.portfolio
+        nav = portfolio.nav
+        if not nav > 0:
+            return dict.fromkeys(self.symbols, 0.0)
+        # `_effective_positions` inline (every bar): the same sums, in the same order
+        held, prices = portfolio.positions, portfolio.prices
+        working = self.oms.working_quantity()
+        return {s: (held.get(s, 0.0) + working.get(s, 0.0)) * prices.get(s, 0.0) / nav
+                for s in self.symbols}
 
     def _effective_positions(self) -> dict[str, float]:
         working = self.oms.working_quantity()
@@ -505,10 +510,16 @@ class Rebalancer:
 
     def _quiet(self, ts: datetime, current: dict[str, float],
                targets: dict[str, float]) -> bool:
-        """The common bar, cheaply: no asset outside its band, not deploying cash, no calendar
-        rebalance due. Then it logs `within_bands` exactly as `decide` would and says True;
-        otherwise False and `decide` takes its full path. Only for the asset rules alone: a
-        portfolio rule or the cost test needs the tracking error of the drifts."""
+        """The common bar, cheaply; True when it is dealt with, False sends `decide` down its
+        full path. Two cases:
+
+        - within bands (no asset outside its band, not deploying cash, no calendar rebalance
+          due): logs `within_bands` exactly as `decide` would;
+        - anything else while trading is HALTED, when the skip `decide` would end in repeats
+          the last one (`_halted_repeat`).
+
+        Only for the asset rules alone: a portfolio rule or the cost test needs the tracking
+        error of the drifts."""
         tcfg = self.cfg.trigger
         if "portfolio" in tcfg.rules or self.cfg.cost.max_cost_share > 0:
             return False
@@ -522,22 +533,52 @@ class Rebalancer:
             cache = self._bands_cache = (targets, names, tuple(bands[s] for s in names),
                                          sum(max(t, 0.0) for t in targets.values()))
         _, names, widths, target_invested = cache
-        if sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested:
-            return False  # deploying cash
+        deploying = sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested
         # the same drifts, band test and sums as `drift` and `triggers.check_drift`
-        drifts = [current.get(s, 0.0) - targets.get(s, 0.0) for s in names]
-        abs_drifts = [abs(d) for d in drifts]
+        now, goal = current.get, targets.get
+        abs_drifts = [abs(now(s, 0.0) - goal(s, 0.0)) for s in names]
+        breached = False
         for a, b in zip(abs_drifts, widths, strict=True):
             if a > b + 1e-12:
-                return False
-        max_abs = max(abs_drifts, default=0.0)
-        since = self._last_rebalance_ts or self._targets_since or ts
-        days = (ts - since).total_seconds() / 86_400.0
-        if triggers.calendar_due(days, max_abs, tcfg):
+                breached = True
+                break
+        if not deploying and not breached:
+            max_abs = max(abs_drifts, default=0.0)
+            since = self._last_rebalance_ts or self._targets_since or ts
+            days = (ts - since).total_seconds() / 86_400.0
+            if not triggers.calendar_due(days, max_abs, tcfg):
+                check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
+                                              sum_abs_drift=float(sum(abs_drifts)),
+                                              tracking_error=None)
+                self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
+                return True
+        # past the band test `decide` trades (deploying cash exempts from the cooldown)
+        return self._halted_repeat(exempt=deploying)
+
+    def _halted_repeat(self, exempt: bool) -> bool:
+        """While HALTED, `decide` past its band test can only skip: for `rejected_retry`,
+        `cooldown`, `fills_in_flight` or `trading_halted`, tested in `decide`'s order. When that
+        skip repeats the last one, its line is at debug: with debug off, only the count is
+        left, and the trigger's texts, the trade plan and the logger are spared. True when
+        counted here; False sends `decide` down its full path (which also logs a change)."""
+        if self._last_skip is None or str(self.trading_state()) != "HALTED" \
+                or logs.enabled(logging.DEBUG):
             return False
-        check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
-                                      sum_abs_drift=float(sum(abs_drifts)), tracking_error=None)
-        self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
+        tcfg = self.cfg.trigger
+        since_bar = None if self._last_rebalance_bar is None else \
+            self.bar_index - self._last_rebalance_bar
+        if since_bar is not None and since_bar < tcfg.rejected_retry_bars \
+                and self._nothing_reached_the_market():
+            code = "rejected_retry"
+        elif not exempt and triggers.cooldown_left(since_bar, tcfg):
+            code = "cooldown"
+        elif self.fills_in_flight() > 0:
+            code = "fills_in_flight"
+        else:
+            code = "trading_halted"
+        if code != self._last_skip:
+            return False
+        self.skips[code] += 1
         return True
 
     def _policy_weights(self, mode: str, current: dict[str, float], targets: dict[str, float],
@@ -667,8 +708,11 @@ class Rebalancer:
     def _skip(self, skip: Skip, check: triggers.TriggerCheck) -> None:
         """Log a skipped decision: at info when the reason changed, at debug when it repeats."""
         self.skips[skip.code] += 1
-        level = log.info if skip.code != self._last_skip else log.debug
+        repeat = skip.code == self._last_skip
         self._last_skip = skip.code
+        if repeat and not logs.enabled(logging.DEBUG):
+            return  # nothing would be written: spare assembling a logger (daemon/logs.py)
+        level = log.debug if repeat else log.info
         level("rebalance_skipped", reason=skip.code, detail=skip.detail,
               max_abs_drift=round(check.max_abs_drift, 4),
               sum_abs_drift=round(check.sum_abs_drift, 4),

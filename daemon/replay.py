@@ -4,7 +4,9 @@ machine allows, then a report.
 The replay builds the same `Daemon` that trades (bus, rebalancer, risk gate, OMS, paper venue,
 journal) over a `ReplayFeed`. The feed is unpaced, so the daemon runs in lockstep: every
 timestamp settles (solves, orders, fills) before the next bar is shown, which makes a replay
-deterministic for a given config, data window and seed.
+deterministic for a given config, data window and seed. While nothing is pending, the bus runs
+each timestamp's handlers in the pump's own task, in the order its workers would
+(`EventBus.publish_settled`): the same calls, without a task switch per subscriber.
 
 Isolation: the daemon's state directory is `OUT/state`, never the live one; a previous replay's
 state there is removed first (only if a marker file says a replay wrote it), so decision ids and

@@ -195,3 +195,18 @@ def test_config_loads_from_toml_table_and_checks_the_window() -> None:
         load(ReplayConfig, {"data_dir": "d", "start": "2021-02-01", "end": "2021-02-01"})
     with pytest.raises(ConfigError, match="ISO 8601"):
         load(ReplayConfig, {"data_dir": "d", "end": "02/01/2021"})
+
+
+def test_fast_bar_factory_builds_the_same_frozen_bar() -> None:
+    import dataclasses
+
+    from adapters.replay import _make_bar
+
+    ts = day("2024-01-02")
+    fast = _make_bar("BTC/USDT", ts, 1.0, 2.0, 0.5, 1.5, 10.0, 3600)
+    plain = Bar("BTC/USDT", ts, 1.0, 2.0, 0.5, 1.5, 10.0, 3600)
+    assert type(fast) is Bar
+    assert fast == plain and hash(fast) == hash(plain)
+    assert dataclasses.astuple(fast) == dataclasses.astuple(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.close = 2.0  # type: ignore[misc]
