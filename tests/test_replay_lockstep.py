@@ -83,7 +83,9 @@ def test_fast_paths_make_the_same_calls_in_the_same_order(
     new = run(cfg, data, tmp_path / "new", start, end, fast=True)
 
     s = new["summary"]
-    assert s.orders > 50 and s.fills > 50 and new["by_type"]["TargetWeights"] > 5
+    # both windows trade (the 2017 one from its first bars: two listed coins held at their
+    # 0.4 caps, then halted in 2018), so orders, fills and solves are in the comparison
+    assert s.orders > 20 and s.fills > 20 and new["by_type"]["TargetWeights"] > 5
     assert old["inline"] == 0
     # most timestamps ran inline; the rest waited for solves and order sends on the loop
     assert new["inline"] > new["timestamps"] // 2
