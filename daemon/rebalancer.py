@@ -68,6 +68,7 @@ from risk.triggers import TriggerConfig
 log = structlog.get_logger("rebalancer")
 
 BPS = 10_000.0
+LAST_REBALANCE_KEY = "rebalancer.last_rebalance_at"  # journal meta: ISO time of the last one
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,10 @@ class Rebalancer:
         self._traded_targets: dict[str, float] | None = None  # targets of the last rebalance
         self._last_rebalance_bar: int | None = None
         self._last_rebalance_ts: datetime | None = None
+        # the last rebalance of a previous run (journal meta), taken in at the first complete
+        # bar at or after it: a restart must not reset the cooldown nor the calendar fallback
+        # (a daemon redeployed weekly would never reach a monthly calendar rebalance)
+        self._restored_rebalance = _stored_time(journal, LAST_REBALANCE_KEY)
         self._completion: tuple[str, dict[str, float]] | None = None  # decision, weights
         self._limit_sent: dict[str, int] = {}  # client order id -> bar index sent
         self._last_skip: str | None = None
@@ -192,6 +197,8 @@ class Rebalancer:
 
     def on_bars_closed(self, event: BarsClosed) -> None:
         self.bar_index += 1
+        if self._restored_rebalance is not None and event.ts >= self._restored_rebalance:
+            self._take_in_restored(event.ts)
         self._expire_limit_orders()
         if self.solving:
             return
@@ -224,6 +231,18 @@ class Rebalancer:
                 return
         if self.targets is not None:
             self.decide(event.ts)
+
+    def _take_in_restored(self, ts: datetime) -> None:
+        """The previous run's last rebalance as if this run had made it, counted in bars of
+        this run's clock (warm-up bars older than it come first and do not count)."""
+        restored, self._restored_rebalance = self._restored_rebalance, None
+        assert restored is not None
+        if self._last_rebalance_ts is not None and self._last_rebalance_ts >= restored:
+            return
+        bars = int((ts - restored).total_seconds() // self.interval_s)
+        self._last_rebalance_bar, self._last_rebalance_ts = self.bar_index - bars, restored
+        log.info("rebalance_clock_restored", last_rebalance_at=restored.isoformat(),
+                 bars_since=bars)
 
     # -- weights ----------------------------------------------------------------------------
     def effective_weights(self) -> dict[str, float]:
@@ -491,6 +510,7 @@ class Rebalancer:
                            for i, o in enumerate(plan.orders)]
         self.rebalances += 1
         self._last_rebalance_bar, self._last_rebalance_ts = self.bar_index, ts
+        self.journal.set_meta(LAST_REBALANCE_KEY, ts.isoformat())
         self._last_skip = None
         if plan.buys_deferred:
             self._completion = (decision_id, goal)
@@ -723,6 +743,21 @@ def client_order_id(decision_id: str, symbol: str, side: str, index: int) -> str
     """Deterministic, venue-safe (Binance: [.A-Z:/a-z0-9_-]{1,36}) and unique across runs
     because decision ids come from a persistent counter in the journal."""
     return f"td-{decision_id}-{symbol.replace('/', '')}-{side[0]}{index}"[:36]
+
+
+def _stored_time(journal: Journal, key: str) -> datetime | None:
+    text = journal.get_meta(key)
+    if text is None:
+        return None
+    try:
+        stamp: datetime | None = datetime.fromisoformat(text)
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        # a damaged row costs one cooldown, not the start-up: say so and go on without it
+        log.warning("rebalance_clock_unreadable", key=key, value=text)
+        return None
+    return stamp
 
 
 def _accepts_previous(fn: SolveFn) -> bool:

@@ -9,6 +9,7 @@ import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,39 @@ async def test_calendar_fallback_trades_with_no_drift_rule(tmp_path: Path) -> No
     assert later and all(r.startswith("calendar: ") for _, r in later)
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(decisions)]
     assert all(g == 48 for g in gaps), gaps
+
+
+async def test_a_restart_keeps_the_calendar_and_cooldown_clock(tmp_path: Path) -> None:
+    """The last rebalance's time is journaled: after a restart the calendar fallback counts
+    from it, not from the restart (a daemon redeployed more often than calendar_days would
+    otherwise never rebalance by the calendar)."""
+    cal = "[rebalance.trigger]\nrules = []\ncalendar_days = 2.0\ncooldown_bars = 5\n"
+    cfg = config(tmp_path, cal)  # the same state_dir for both runs
+    _, _, first = await run(cfg, 110)
+    stamps = [i.ts for _, i in first.intents if not i.reason.startswith("completion")]
+    assert stamps, "the first run never rebalanced"
+    last = max(stamps)
+    _, _, second = await run(cfg, 80)  # the simulated market and paper venue resume
+    calendar = [(i.ts, i.reason) for _, i in second.intents if i.reason.startswith("calendar")]
+    assert calendar, "no calendar rebalance after the restart"
+    # 2 days after the first run's last rebalance: not 2 days after the restart
+    assert calendar[0][0] - last == timedelta(days=2), (last, calendar[0])
+
+
+async def test_an_unreadable_rebalance_clock_is_reported_and_ignored(
+        tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    from daemon.journal import Journal
+    from daemon.rebalancer import LAST_REBALANCE_KEY
+
+    cfg = config(tmp_path)
+    cfg.state_path.mkdir(parents=True)
+    journal = Journal(cfg.state_path / "journal.sqlite")
+    journal.set_meta(LAST_REBALANCE_KEY, "yesterday-ish")
+    journal.close()
+    _, summary, _ = await run(cfg, 60)
+    assert summary.rebalances >= 1  # started and traded as a first run would
+    (warning,) = [e for e in logs if e["event"] == "rebalance_clock_unreadable"]
+    assert warning["value"] == "yesterday-ish" and warning["log_level"] == "warning"
 
 
 # -- orders --------------------------------------------------------------------------------
