@@ -267,16 +267,13 @@ class BinanceUserStream:
 
     def _handle_ws_api(self, raw: str | bytes) -> bool:
         """One WebSocket API message; True when the subscription ended."""
-        try:
-            msg = json.loads(raw)
-        except (ValueError, TypeError):
-            self.counters["dropped_malformed"] += 1
+        msg = self._decode(raw)
+        if msg is None:
             return False
-        event = msg.get("event") if isinstance(msg, dict) else None
+        event = msg.get("event")
         if not isinstance(event, dict):
             # a reply to a request we did not send, or garbage: nothing we can use
-            self.counters["dropped_malformed" if not isinstance(msg, dict) or "id" not in msg
-                          else "replies_ignored"] += 1
+            self.counters["replies_ignored" if "id" in msg else "dropped_malformed"] += 1
             return False
         if event.get("e") == "eventStreamTerminated":
             self.counters["stream_terminated"] += 1
@@ -302,15 +299,19 @@ class BinanceUserStream:
 
     def _handle(self, raw: str | bytes) -> bool:
         """Dispatch one message; True when the session must end (listen key expired)."""
+        msg = self._decode(raw)
+        return False if msg is None else self._dispatch(msg)
+
+    def _decode(self, raw: str | bytes) -> dict[str, Any] | None:
+        """The message as a JSON object, or None (counted) when it is not one."""
         try:
             msg = json.loads(raw)
         except (ValueError, TypeError):
-            self.counters["dropped_malformed"] += 1
-            return False
+            msg = None
         if not isinstance(msg, dict):
             self.counters["dropped_malformed"] += 1
-            return False
-        return self._dispatch(msg)
+            return None
+        return msg
 
     def _dispatch(self, msg: dict[str, Any]) -> bool:
         """Hand one event to `on_message`; True when the listen key expired."""
