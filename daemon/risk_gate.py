@@ -10,6 +10,15 @@ The decisions are the pure checks of `risk.checks`; this module keeps what they 
   for the bar's other orders. Most bars have no order (a replay: about one in a hundred), and
   the model depends only on the window of closes, which changes only at `BarsClosed`: the
   same model as an eager per-bar fit, at a fraction of the cost;
+* young assets (listed within the VaR window, e.g. SOL in 2020): the model covers only the
+  assets with a full window of clean returns; a young one is added to it as |value| x the
+  larger of its own per-unit risk and the riskiest covered asset's (perfect correlation: an
+  upper bound), so it never blocks orders in other assets and the limits bind on the total.
+  With fewer than `var_min_bars` returns of its own, orders adding to it are refused
+  (VAR_UNAVAILABLE naming it, its bars and the minimum); reductions pass
+  (`risk.checks.check_var_young`). At the start of a run (fewer than `var_min_bars` bars of
+  returns at all) there is no model: every order that adds risk is VAR_UNAVAILABLE,
+  reductions pass, as there is nothing yet to measure any risk against;
 * per order: the book = positions + working orders + orders approved but not yet taken in by
   the OMS (the OMS registers an approved order only when its own worker runs, so siblings
   published together must be counted here), and the clock. Positions and working orders are
@@ -74,6 +83,7 @@ from risk.checks import (
     GateContext,
     MarketView,
     VarView,
+    book_var,
     check_halted,
     evaluate,
     order_effect,
@@ -82,7 +92,7 @@ from risk.exposure import Book, BookKeeper, build_groups, nav_valid
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
-from risk.var import VarError, VarModel
+from risk.var import VarError, VarModel, unit_risk
 
 log = structlog.get_logger("risk_gate")
 
@@ -424,6 +434,39 @@ class RiskGate:
         view.position = position
         view.positions = position.tolist()
         view.unavailable = ""
+        if view.uncovered.size:
+            self._young_risk(view, returns)
+
+    def _young_risk(self, view: VarView, returns: np.ndarray) -> None:
+        """Per-unit risk of each young asset (listed within the window, so its column has
+        leading NaN): the larger of its own, from the model fitted on the returns it has
+        when those are at least `var_min_bars`, and the proxy's, the riskiest covered asset
+        (`risk.checks.check_var_young` states the rule)."""
+        prepared = view.prepared
+        assert prepared is not None
+        units = [unit_risk(prepared, k) for k in range(view.covered.size)]
+        k = max(range(len(units)), key=lambda m: units[m])  # the largest VaR, then CVaR
+        view.proxy = int(view.covered[k])
+        proxy_unit = units[k]
+        rows, min_bars = returns.shape[0], self.limits.var_min_bars
+        history = [rows] * len(self.symbols)
+        tradeable = set()
+        for j in view.uncovered.tolist():
+            bad = np.flatnonzero(~np.isfinite(returns[:, j]))
+            own = rows - int(bad[-1]) - 1  # clean returns since the last gap: since listing
+            history[j] = own
+            view.young_unit[j] = proxy_unit
+            if own < min_bars:
+                continue  # too few to estimate: the proxy for what is held, no increase
+            try:
+                cfg = replace(self._var_model_cfg, window_bars=own)
+                mine = unit_risk(VarModel(cfg).prepare(returns[rows - own:, j:j + 1]), 0)
+            except (VarError, ValueError):
+                continue  # its own model fails (e.g. too few historical scenarios)
+            view.young_unit[j] = (max(mine[0], proxy_unit[0]), max(mine[1], proxy_unit[1]))
+            tradeable.add(j)
+        view.history = history
+        view.young_tradeable = frozenset(tradeable)
 
     def _book_risk(self, book: Book) -> None:
         view = self.ctx.var
@@ -693,8 +736,13 @@ class RiskGate:
         if view.prepared is None:
             out["unavailable"] = view.unavailable
         elif view.book_risk is not None and book is not None and book.nav_valid:
-            out["var"] = round(view.book_risk[0] / book.nav, 6)
-            out["cvar"] = round(view.book_risk[1] / book.nav, 6)
+            # young assets held: their proxied risk counts too, as in the checks
+            var, cvar = book_var(view, book.values) if view.uncovered.size else view.book_risk
+            out["var"] = round(var / book.nav, 6)
+            out["cvar"] = round(cvar / book.nav, 6)
+            if view.uncovered.size:
+                out["young"] = {self.symbols[j]: view.history[j]
+                                for j in view.uncovered.tolist()}
         return out
 
     def status(self) -> dict[str, Any]:

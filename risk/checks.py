@@ -15,6 +15,9 @@ Two stages, cheapest first:
 * `PORTFOLIO_CHECKS` judge the book after this order and every working order: state REDUCING,
   NAV, exposure, VaR/CVaR. An order that only reduces risk passes them.
 
+VaR with young assets (fewer returns than the window): see `check_var_young`; they are
+proxied, not a reason to refuse orders in other assets.
+
 The checks run for every order, so what they read is prepared elsewhere (per bar in the gate's
 `MarketView` and `VarView`, per book change in `risk.exposure.BookKeeper`), and a check that
 passes builds nothing: contexts and messages are made only for a denial.
@@ -90,6 +93,14 @@ class VarView:
     book_values: bytes | None = None  # the covered values' bytes: equality is a memcmp
     book_risk: tuple[float, float] | None = None
     all_covered: bool = False
+    # young assets (uncovered: fewer returns than the window, see `check_var`): bars of clean
+    # returns per asset (the young ones' own count; covered assets have the window's), each
+    # young asset's (VaR, CVaR) per unit of |value|, those with `var_min_bars` of their own
+    # (orders may add to them), and the proxy: the riskiest covered asset
+    history: list[int] = field(default_factory=list)
+    young_unit: dict[int, tuple[float, float]] = field(default_factory=dict)
+    young_tradeable: frozenset[int] = frozenset()
+    proxy: int = -1
     # scenario models: the P&L of the last book checked (`pnl_values`, the covered values it
     # is the P&L of), moved by the assets that changed since instead of a scenario product
     pnl: np.ndarray | None = None
@@ -337,13 +348,8 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
                                           "min_bars": ctx.limits.var_min_bars})
     pos = view.positions[effect.index]
     if pos < 0 or (view.uncovered.size and bool(np.any(book.values[view.uncovered] != 0.0))):
-        # a position the model cannot see would make VaR look smaller than it is
-        if effect.reduces:
-            return None
-        missing = [ctx.market.symbols[j] for j in view.uncovered
-                   if j == effect.index or book.values[j] != 0.0]
-        return Denial("VAR_UNAVAILABLE", {"reason": "no clean return history",
-                                          "symbols": missing, "bars": view.bars})
+        # a young asset in the order or the book: the model cannot see it (`check_var_young`)
+        return check_var_young(intent, ctx)
     before = book.values if view.all_covered else book.values[view.covered]
     after = before.copy()
     after[pos] += effect.delta_value
@@ -370,6 +376,55 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
         return None
     code, context = out
     return Denial(code, {"symbol": intent.symbol, **context})
+
+
+def check_var_young(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    """`check_var` when the order's asset or a held one is young: listed too recently for a
+    full window of clean returns, so the bar's model (`VarView.covered`) leaves it out.
+
+    Rule: a young asset never makes the rest of the book unanswerable. Its risk is added to
+    the model's as |value| x its per-unit risk (`VarView.young_unit`): the larger of its own
+    (the same model fitted on the returns it has) and the riskiest covered asset's (the
+    proxy), as if perfectly correlated with the rest of the book (for parametric VaR and for
+    CVaR an upper bound: both are subadditive). The VaR/CVaR limits then bind on that total,
+    for orders in any asset. Orders that add to a young asset with fewer than `var_min_bars`
+    returns of its own are refused (VAR_UNAVAILABLE naming it, the bars it has and needs):
+    its own risk cannot be estimated yet; orders that reduce it always pass."""
+    book, effect, view = ctx.book, ctx.effect, ctx.var
+    assert effect is not None and book is not None and view.prepared is not None
+    i = effect.index
+    if view.positions[i] < 0 and i not in view.young_tradeable:
+        if effect.reduces:
+            return None
+        return Denial("VAR_UNAVAILABLE", {
+            "reason": "young asset: too few bars of returns", "symbol": intent.symbol,
+            "bars": view.history[i] if i < len(view.history) else 0,
+            "min_bars": ctx.limits.var_min_bars})
+    before = book.values
+    after = before.copy()
+    after[i] += effect.delta_value
+    out = var_check(view.prepared, before, after, book.nav, ctx.limits.var,
+                    risk_before=book_var(view, before), risk_after=book_var(view, after))
+    if out is None:
+        return None
+    code, context = out
+    young = [ctx.market.symbols[j] for j in view.uncovered.tolist() if after[j] != 0.0]
+    return Denial(code, {"symbol": intent.symbol, **context, "young": young,
+                         "proxy": ctx.market.symbols[view.proxy] if view.proxy >= 0 else ""})
+
+
+def book_var(view: VarView, values: np.ndarray) -> tuple[float, float]:
+    """(VaR, CVaR) of a book of `values` (one per symbol): the model's over the covered
+    assets plus each young asset's |value| x its per-unit risk (`check_var_young`)."""
+    assert view.prepared is not None
+    var, cvar = view.prepared.var(values[view.covered])
+    for j in view.uncovered.tolist():
+        v = abs(float(values[j]))
+        if v != 0.0:  # NaN too: it propagates, and var_check fails it closed
+            unit_var, unit_cvar = view.young_unit[j]
+            var += v * unit_var
+            cvar += v * unit_cvar
+    return var, cvar
 
 
 ORDER_CHECKS: tuple[Check, ...] = (

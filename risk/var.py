@@ -308,6 +308,16 @@ def portfolio_var(returns_window: np.ndarray | pd.DataFrame, exposures: np.ndarr
     return VarModel(cfg).prepare(returns_window).var(np.asarray(exposures, dtype=float))
 
 
+def unit_risk(prepared: PreparedRisk, k: int) -> tuple[float, float]:
+    """(VaR, CVaR) of one unit of value in asset `k` alone, long or short, whichever is larger
+    (a scenario model's tails differ by side): the risk per unit of |value|."""
+    e = np.zeros(prepared.n_assets)
+    e[k] = 1.0
+    long_var, long_cvar = prepared.var(e)
+    short_var, short_cvar = prepared.var(-e)
+    return max(long_var, short_var), max(long_cvar, short_cvar)
+
+
 # --------------------------------------------------------------------------- the gate's rule
 
 
