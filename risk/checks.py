@@ -446,13 +446,90 @@ def evaluate(intent: OrderIntent, ctx: GateContext,
     return None
 
 
+# ------------------------------------------------------------------ the pass path
+
+
+_BUY, _SELL, _LIMIT, _MARKET = Side.BUY, Side.SELL, OrderType.LIMIT, OrderType.MARKET
+
+
+def order_checks_pass(intent: OrderIntent, ctx: GateContext) -> bool:
+    """True only if every check of `ORDER_CHECKS` passes, in one call: the same conditions as
+    the named checks (their denials' negations, in their order, cheapest first), without a
+    call, a `try` and a result test per check. False means "ask the named checks": on any
+    failure, and on any input the checks decide by their slower general tests (an int
+    quantity, a str subclass), `evaluate(intent, ctx, ORDER_CHECKS)` makes the denial with its
+    code and context. An exception here is a False for the caller to catch the same way.
+    tests/test_gate_fast_path.py compares this with `evaluate` on random orders."""
+    if ctx.state == HALTED:
+        return False
+    cid, side, order_type = intent.client_order_id, intent.side, intent.order_type
+    # `not cid.strip()` is "empty or all whitespace": the same definition as isspace()
+    if type(cid) is not str or not cid or cid.isspace() or (side is not _BUY
+                                                             and side is not _SELL):
+        return False
+    qty, ref = intent.quantity, intent.reference_price
+    # `_finite_positive` of a float: two comparisons (NaN fails both)
+    if type(qty) is not float or not 0.0 < qty < math.inf or type(ref) is not float \
+            or not 0.0 < ref < math.inf:
+        return False
+    if order_type is _LIMIT:
+        price = intent.limit_price
+        if type(price) is not float or not 0.0 < price < math.inf:
+            return False
+    elif order_type is _MARKET:
+        price = ref
+    else:
+        return False
+    symbol, market, limits = intent.symbol, ctx.market, ctx.limits
+    if type(symbol) is not str or symbol not in market.index:
+        return False
+    last = market.last_close.get(symbol)
+    if last is None or ctx.now - market.last_seen.get(symbol, -math.inf) > ctx.stale_after_s:
+        return False
+    collar = limits.price_collar_buy_pct if side is _BUY else limits.price_collar_sell_pct
+    if abs(price / last - 1.0) * 100.0 > collar:
+        return False
+    cap = limits.max_order_qty.get(symbol)
+    if cap is None:
+        cap = limits.max_order_notional / last
+    avg = market.avg_volume.get(symbol, 0.0)
+    if qty > cap or qty * price > limits.max_order_notional or not avg > 0.0 \
+            or qty / avg > limits.max_volume_share:
+        return False
+    rules = market.rules.get(symbol)
+    if rules is None or (order_type is _LIMIT and not rules.is_on_tick(price)) \
+            or rules.violation(qty, price) is not None:
+        return False
+    now = ctx.now
+    return ctx.duplicates.check(symbol, side._value_, qty, cid, intent.decision_id,
+                                now) is None and ctx.throttle.check_order(symbol, now) is None
+
+
+def portfolio_checks_pass_before_var(intent: OrderIntent, ctx: GateContext) -> bool:
+    """True only if `check_halted` and every check of `PORTFOLIO_CHECKS` before `check_var`
+    pass: in the ACTIVE state with a valid NAV, STATE_HALTED, STATE_REDUCING and
+    PORTFOLIO_NAV_INVALID cannot deny, which leaves exposure; the decision is then
+    `check_var`'s alone. False (or an exception): ask the named checks."""
+    book, effect = ctx.book, ctx.effect
+    if ctx.state != ACTIVE or book is None or effect is None:
+        return False
+    nav = book.nav
+    if not (-math.inf < nav < math.inf and nav > 0.0):  # `nav_valid`
+        return False
+    return exposure_violation(book, effect.index, effect.delta_value, ctx.limits, ctx.groups,
+                              intent.symbol) is None
+
+
+VAR_CHECK: tuple[Check, ...] = (check_var,)
+
+
 def order_effect(intent: OrderIntent, ctx: GateContext, book: Book) -> OrderEffect:
     """Call only after ORDER_CHECKS passed (symbol known, quantity finite, price known)."""
-    i = ctx.market.index[intent.symbol]
-    signed = signed_quantity(intent)
-    return OrderEffect(index=i, signed_qty=signed,
-                       delta_value=signed * ctx.market.last_close[intent.symbol],
-                       reduces=book.reduces(i, signed))
+    symbol, market = intent.symbol, ctx.market
+    i = market.index[symbol]
+    signed = intent.quantity if intent.side is _BUY else -intent.quantity  # signed_quantity
+    # positional: a keyword call costs more than the rest of this function (per order)
+    return OrderEffect(i, signed, signed * market.last_close[symbol], book.reduces(i, signed))
 
 
 def as_context(mapping: Mapping[str, Any]) -> str:
