@@ -671,7 +671,8 @@ class RiskGate:
         self._ensure_var(book)  # the bar's first order: the VaR model, the book's risk
         ctx.effect = order_effect(intent, ctx, book)
         self._check_loss_limits(book.nav)
-        self._load_state()  # a loss limit may have tripped just now
+        if self.trading.record is not self._loaded_record:
+            self._load_state()  # a loss limit tripped just now
         if _passes(portfolio_checks_pass_before_var, intent, ctx):
             return evaluate(intent, ctx, VAR_CHECK)  # what the pipeline would end with
         return check_halted(intent, ctx) or evaluate(intent, ctx, PORTFOLIO_CHECKS)

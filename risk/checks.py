@@ -338,7 +338,8 @@ def check_exposure(intent: OrderIntent, ctx: GateContext) -> Denial | None:
 def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
     book, effect, view = ctx.book, ctx.effect, ctx.var
     assert effect is not None and book is not None
-    if not book.nav_valid:
+    nav = book.nav
+    if not (-math.inf < nav < math.inf and nav > 0.0):  # `nav_valid`, without two calls
         return None
     prepared = view.prepared
     if prepared is None:
@@ -359,7 +360,7 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
         risk_after = prepared.risk_of_pnl(pnl + effect.delta_value * prepared.columns[pos])
     else:
         risk_after = prepared.var(after)
-    cfg, nav = ctx.limits.var, book.nav
+    cfg = ctx.limits.var
     var_a, cvar_a = risk_after
     # the common case, as `var_check` decides it first: both measures finite and within their
     # limits (NaN fails every comparison and goes on to var_check's VAR_NOT_FINITE)

@@ -169,7 +169,9 @@ class ParametricRisk(PreparedRisk):
         return math.sqrt(max(float(self.covariance.dot(e).dot(e)), 0.0))
 
     def var(self, exposures: np.ndarray) -> tuple[float, float]:
-        sd = self.sigma(exposures)
+        # `sigma`, inlined: the gate calls this once per order
+        e = self._vector(exposures)
+        sd = math.sqrt(max(float(self.covariance.dot(e).dot(e)), 0.0))
         return sd * self._k_var, sd * self._k_cvar
 
 
