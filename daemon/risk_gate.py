@@ -654,11 +654,16 @@ class RiskGate:
     def decide(self, intent: OrderIntent) -> Denial | None:
         """The decision alone (no events, no counting): None to approve, else the denial."""
         ctx = self.ctx
-        now = self._now()
-        ctx.now = now
-        self._sync_oms_halt()
-        self._check_stale(now)
-        self._load_state()
+        now = ctx.now = self._market_now if self._market_time else self.monotonic()
+        # each call only when it can do something (per order, the calls cost more than
+        # their tests): an OMS halt to mirror, data possibly stale, a new state record
+        oms = self.oms
+        if oms is not None and oms.halted_reason is not None:
+            self._sync_oms_halt()
+        if not self._market_time and now - self._last_bar_at > ctx.stale_after_s:
+            self._check_stale(now)
+        if self.trading.record is not self._loaded_record:
+            self._load_state()
         ctx.book = ctx.effect = None
         if isinstance(intent.symbol, str) and intent.symbol not in self.market.rules:
             self._refresh_rules()  # a market listed since the last bar
