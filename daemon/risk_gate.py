@@ -1,7 +1,8 @@
 """The pre-trade risk gate on the bus: every `OrderIntent` in, `OrderApproved` or
 `RiskRejected` out, and the kill switch (`daemon.trading_state`) that can stop it all.
 
-The decisions are the pure checks of `risk.checks`; this module keeps what they read current:
+The decisions are the pure checks of `risk.checks` (per order their one-call pass path
+first, the named checks for any denial); this module keeps what they read current:
 
 * per bar (`Bar`, `BarsClosed`): last closes, average bar volume, the venue's market rules,
   a window of closes, loss-limit marks (NAV only, not the whole book);

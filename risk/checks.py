@@ -18,6 +18,12 @@ Two stages, cheapest first:
 VaR with young assets (fewer returns than the window): see `check_var_young`; they are
 proxied, not a reason to refuse orders in other assets.
 
+On the pass path the gate does not call them one by one: `order_checks_pass` tests the ten
+order checks' conditions in one function, and `portfolio_checks_pass_before_var` those of the
+portfolio checks before VaR, leaving `check_var` to decide. Either answers only "all pass" or
+"ask the named checks", which then run as a pipeline and make the denial: the reason codes and
+contexts come from the named checks alone (tests/test_gate_fast_path.py holds them equal).
+
 The checks run for every order, so what they read is prepared elsewhere (per bar in the gate's
 `MarketView` and `VarView`, per book change in `risk.exposure.BookKeeper`), and a check that
 passes builds nothing: contexts and messages are made only for a denial.
