@@ -1,7 +1,8 @@
 """The pre-trade risk gate on the bus: every `OrderIntent` in, `OrderApproved` or
 `RiskRejected` out, and the kill switch (`daemon.trading_state`) that can stop it all.
 
-The decisions are the pure checks of `risk.checks`; this module keeps what they read current:
+The decisions are the pure checks of `risk.checks` (per order their one-call pass path
+first, the named checks for any denial); this module keeps what they read current:
 
 * per bar (`Bar`, `BarsClosed`): last closes, average bar volume, the venue's market rules,
   a window of closes, loss-limit marks (NAV only, not the whole book);
@@ -10,6 +11,15 @@ The decisions are the pure checks of `risk.checks`; this module keeps what they 
   for the bar's other orders. Most bars have no order (a replay: about one in a hundred), and
   the model depends only on the window of closes, which changes only at `BarsClosed`: the
   same model as an eager per-bar fit, at a fraction of the cost;
+* young assets (listed within the VaR window, e.g. SOL in 2020): the model covers only the
+  assets with a full window of clean returns; a young one is added to it as |value| x the
+  larger of its own per-unit risk and the riskiest covered asset's (perfect correlation: an
+  upper bound), so it never blocks orders in other assets and the limits bind on the total.
+  With fewer than `var_min_bars` returns of its own, orders adding to it are refused
+  (VAR_UNAVAILABLE naming it, its bars and the minimum); reductions pass
+  (`risk.checks.check_var_young`). At the start of a run (fewer than `var_min_bars` bars of
+  returns at all) there is no model: every order that adds risk is VAR_UNAVAILABLE,
+  reductions pass, as there is nothing yet to measure any risk against;
 * per order: the book = positions + working orders + orders approved but not yet taken in by
   the OMS (the OMS registers an approved order only when its own worker runs, so siblings
   published together must be counted here), and the clock. Positions and working orders are
@@ -70,24 +80,52 @@ from daemon.trading_state import (
 from risk.checks import (
     ORDER_CHECKS,
     PORTFOLIO_CHECKS,
+    VAR_CHECK,
     Denial,
     GateContext,
     MarketView,
     VarView,
+    book_var,
     check_halted,
     evaluate,
+    order_checks_pass,
     order_effect,
+    portfolio_checks_pass_before_var,
 )
 from risk.exposure import Book, BookKeeper, build_groups, nav_valid
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
-from risk.var import VarError, VarModel
+from risk.var import VarError, VarModel, unit_risk
 
 log = structlog.get_logger("risk_gate")
 
 RECENT_REJECTIONS = 50
 IN_FLIGHT_TTL_S = 300.0  # an approved order the OMS never took in stops counting after this
+
+
+_new = object.__new__
+_set_intent = OrderApproved.intent.__set__  # type: ignore[attr-defined]
+_set_ts = OrderApproved.ts.__set__  # type: ignore[attr-defined]
+
+
+def _order_approved(intent: OrderIntent, ts: datetime) -> OrderApproved:
+    """`OrderApproved(intent=intent, ts=ts)`, equal to it, at a third of the cost: a frozen
+    dataclass's `__init__` sets each field through `object.__setattr__` by name; this sets
+    the two slots through their descriptors (nothing else runs in `__init__`: no defaults,
+    no `__post_init__`; tests/test_gate_fast_path.py checks equality with the constructor)."""
+    event = _new(OrderApproved)
+    _set_intent(event, intent)
+    _set_ts(event, ts)
+    return event
+
+
+def _passes(fast: Callable[[OrderIntent, GateContext], bool], intent: OrderIntent,
+            ctx: GateContext) -> bool:
+    try:
+        return fast(intent, ctx)
+    except Exception:  # the named checks will say what: GATE_CHECK_FAILED with the check
+        return False
 
 
 class PortfolioView(Protocol):
@@ -424,6 +462,39 @@ class RiskGate:
         view.position = position
         view.positions = position.tolist()
         view.unavailable = ""
+        if view.uncovered.size:
+            self._young_risk(view, returns)
+
+    def _young_risk(self, view: VarView, returns: np.ndarray) -> None:
+        """Per-unit risk of each young asset (listed within the window, so its column has
+        leading NaN): the larger of its own, from the model fitted on the returns it has
+        when those are at least `var_min_bars`, and the proxy's, the riskiest covered asset
+        (`risk.checks.check_var_young` states the rule)."""
+        prepared = view.prepared
+        assert prepared is not None
+        units = [unit_risk(prepared, k) for k in range(view.covered.size)]
+        k = max(range(len(units)), key=lambda m: units[m])  # the largest VaR, then CVaR
+        view.proxy = int(view.covered[k])
+        proxy_unit = units[k]
+        rows, min_bars = returns.shape[0], self.limits.var_min_bars
+        history = [rows] * len(self.symbols)
+        tradeable = set()
+        for j in view.uncovered.tolist():
+            bad = np.flatnonzero(~np.isfinite(returns[:, j]))
+            own = rows - int(bad[-1]) - 1  # clean returns since the last gap: since listing
+            history[j] = own
+            view.young_unit[j] = proxy_unit
+            if own < min_bars:
+                continue  # too few to estimate: the proxy for what is held, no increase
+            try:
+                cfg = replace(self._var_model_cfg, window_bars=own)
+                mine = unit_risk(VarModel(cfg).prepare(returns[rows - own:, j:j + 1]), 0)
+            except (VarError, ValueError):
+                continue  # its own model fails (e.g. too few historical scenarios)
+            view.young_unit[j] = (max(mine[0], proxy_unit[0]), max(mine[1], proxy_unit[1]))
+            tradeable.add(j)
+        view.history = history
+        view.young_tradeable = frozenset(tradeable)
 
     def _book_risk(self, book: Book) -> None:
         view = self.ctx.var
@@ -584,22 +655,32 @@ class RiskGate:
     def decide(self, intent: OrderIntent) -> Denial | None:
         """The decision alone (no events, no counting): None to approve, else the denial."""
         ctx = self.ctx
-        now = self._now()
-        ctx.now = now
-        self._sync_oms_halt()
-        self._check_stale(now)
-        self._load_state()
+        now = ctx.now = self._market_now if self._market_time else self.monotonic()
+        # each call only when it can do something (per order, the calls cost more than
+        # their tests): an OMS halt to mirror, data possibly stale, a new state record
+        oms = self.oms
+        if oms is not None and oms.halted_reason is not None:
+            self._sync_oms_halt()
+        if not self._market_time and now - self._last_bar_at > ctx.stale_after_s:
+            self._check_stale(now)
+        if self.trading.record is not self._loaded_record:
+            self._load_state()
         ctx.book = ctx.effect = None
         if isinstance(intent.symbol, str) and intent.symbol not in self.market.rules:
             self._refresh_rules()  # a market listed since the last bar
-        denial = evaluate(intent, ctx, ORDER_CHECKS)
-        if denial is not None:
-            return denial
+        # the pass path in one call; on anything else the named checks make the denial
+        if not _passes(order_checks_pass, intent, ctx):
+            denial = evaluate(intent, ctx, ORDER_CHECKS)
+            if denial is not None:
+                return denial
         book = ctx.book = self._build_book()
         self._ensure_var(book)  # the bar's first order: the VaR model, the book's risk
         ctx.effect = order_effect(intent, ctx, book)
         self._check_loss_limits(book.nav)
-        self._load_state()  # a loss limit may have tripped just now
+        if self.trading.record is not self._loaded_record:
+            self._load_state()  # a loss limit tripped just now
+        if _passes(portfolio_checks_pass_before_var, intent, ctx):
+            return evaluate(intent, ctx, VAR_CHECK)  # what the pipeline would end with
         return check_halted(intent, ctx) or evaluate(intent, ctx, PORTFOLIO_CHECKS)
 
     def _load_state(self) -> None:
@@ -619,7 +700,7 @@ class RiskGate:
         if effect is not None:
             self._in_flight[intent.client_order_id] = (effect.index, effect.signed_qty, now)
         self.approved += 1
-        self.bus.publish(OrderApproved(intent=intent, ts=self.clock()))
+        self.bus.publish(_order_approved(intent, self.clock()))
 
     def _reject(self, intent: OrderIntent, denial: Denial) -> None:
         code = denial.code
@@ -693,8 +774,13 @@ class RiskGate:
         if view.prepared is None:
             out["unavailable"] = view.unavailable
         elif view.book_risk is not None and book is not None and book.nav_valid:
-            out["var"] = round(view.book_risk[0] / book.nav, 6)
-            out["cvar"] = round(view.book_risk[1] / book.nav, 6)
+            # young assets held: their proxied risk counts too, as in the checks
+            var, cvar = book_var(view, book.values) if view.uncovered.size else view.book_risk
+            out["var"] = round(var / book.nav, 6)
+            out["cvar"] = round(cvar / book.nav, 6)
+            if view.uncovered.size:
+                out["young"] = {self.symbols[j]: view.history[j]
+                                for j in view.uncovered.tolist()}
         return out
 
     def status(self) -> dict[str, Any]:

@@ -15,6 +15,15 @@ Two stages, cheapest first:
 * `PORTFOLIO_CHECKS` judge the book after this order and every working order: state REDUCING,
   NAV, exposure, VaR/CVaR. An order that only reduces risk passes them.
 
+VaR with young assets (fewer returns than the window): see `check_var_young`; they are
+proxied, not a reason to refuse orders in other assets.
+
+On the pass path the gate does not call them one by one: `order_checks_pass` tests the ten
+order checks' conditions in one function, and `portfolio_checks_pass_before_var` those of the
+portfolio checks before VaR, leaving `check_var` to decide. Either answers only "all pass" or
+"ask the named checks", which then run as a pipeline and make the denial: the reason codes and
+contexts come from the named checks alone (tests/test_gate_fast_path.py holds them equal).
+
 The checks run for every order, so what they read is prepared elsewhere (per bar in the gate's
 `MarketView` and `VarView`, per book change in `risk.exposure.BookKeeper`), and a check that
 passes builds nothing: contexts and messages are made only for a denial.
@@ -90,6 +99,14 @@ class VarView:
     book_values: bytes | None = None  # the covered values' bytes: equality is a memcmp
     book_risk: tuple[float, float] | None = None
     all_covered: bool = False
+    # young assets (uncovered: fewer returns than the window, see `check_var`): bars of clean
+    # returns per asset (the young ones' own count; covered assets have the window's), each
+    # young asset's (VaR, CVaR) per unit of |value|, those with `var_min_bars` of their own
+    # (orders may add to them), and the proxy: the riskiest covered asset
+    history: list[int] = field(default_factory=list)
+    young_unit: dict[int, tuple[float, float]] = field(default_factory=dict)
+    young_tradeable: frozenset[int] = frozenset()
+    proxy: int = -1
     # scenario models: the P&L of the last book checked (`pnl_values`, the covered values it
     # is the P&L of), moved by the assets that changed since instead of a scenario product
     pnl: np.ndarray | None = None
@@ -327,7 +344,8 @@ def check_exposure(intent: OrderIntent, ctx: GateContext) -> Denial | None:
 def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
     book, effect, view = ctx.book, ctx.effect, ctx.var
     assert effect is not None and book is not None
-    if not book.nav_valid:
+    nav = book.nav
+    if not (-math.inf < nav < math.inf and nav > 0.0):  # `nav_valid`, without two calls
         return None
     prepared = view.prepared
     if prepared is None:
@@ -337,13 +355,8 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
                                           "min_bars": ctx.limits.var_min_bars})
     pos = view.positions[effect.index]
     if pos < 0 or (view.uncovered.size and bool(np.any(book.values[view.uncovered] != 0.0))):
-        # a position the model cannot see would make VaR look smaller than it is
-        if effect.reduces:
-            return None
-        missing = [ctx.market.symbols[j] for j in view.uncovered
-                   if j == effect.index or book.values[j] != 0.0]
-        return Denial("VAR_UNAVAILABLE", {"reason": "no clean return history",
-                                          "symbols": missing, "bars": view.bars})
+        # a young asset in the order or the book: the model cannot see it (`check_var_young`)
+        return check_var_young(intent, ctx)
     before = book.values if view.all_covered else book.values[view.covered]
     after = before.copy()
     after[pos] += effect.delta_value
@@ -353,7 +366,7 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
         risk_after = prepared.risk_of_pnl(pnl + effect.delta_value * prepared.columns[pos])
     else:
         risk_after = prepared.var(after)
-    cfg, nav = ctx.limits.var, book.nav
+    cfg = ctx.limits.var
     var_a, cvar_a = risk_after
     # the common case, as `var_check` decides it first: both measures finite and within their
     # limits (NaN fails every comparison and goes on to var_check's VAR_NOT_FINITE)
@@ -370,6 +383,55 @@ def check_var(intent: OrderIntent, ctx: GateContext) -> Denial | None:
         return None
     code, context = out
     return Denial(code, {"symbol": intent.symbol, **context})
+
+
+def check_var_young(intent: OrderIntent, ctx: GateContext) -> Denial | None:
+    """`check_var` when the order's asset or a held one is young: listed too recently for a
+    full window of clean returns, so the bar's model (`VarView.covered`) leaves it out.
+
+    Rule: a young asset never makes the rest of the book unanswerable. Its risk is added to
+    the model's as |value| x its per-unit risk (`VarView.young_unit`): the larger of its own
+    (the same model fitted on the returns it has) and the riskiest covered asset's (the
+    proxy), as if perfectly correlated with the rest of the book (for parametric VaR and for
+    CVaR an upper bound: both are subadditive). The VaR/CVaR limits then bind on that total,
+    for orders in any asset. Orders that add to a young asset with fewer than `var_min_bars`
+    returns of its own are refused (VAR_UNAVAILABLE naming it, the bars it has and needs):
+    its own risk cannot be estimated yet; orders that reduce it always pass."""
+    book, effect, view = ctx.book, ctx.effect, ctx.var
+    assert effect is not None and book is not None and view.prepared is not None
+    i = effect.index
+    if view.positions[i] < 0 and i not in view.young_tradeable:
+        if effect.reduces:
+            return None
+        return Denial("VAR_UNAVAILABLE", {
+            "reason": "young asset: too few bars of returns", "symbol": intent.symbol,
+            "bars": view.history[i] if i < len(view.history) else 0,
+            "min_bars": ctx.limits.var_min_bars})
+    before = book.values
+    after = before.copy()
+    after[i] += effect.delta_value
+    out = var_check(view.prepared, before, after, book.nav, ctx.limits.var,
+                    risk_before=book_var(view, before), risk_after=book_var(view, after))
+    if out is None:
+        return None
+    code, context = out
+    young = [ctx.market.symbols[j] for j in view.uncovered.tolist() if after[j] != 0.0]
+    return Denial(code, {"symbol": intent.symbol, **context, "young": young,
+                         "proxy": ctx.market.symbols[view.proxy] if view.proxy >= 0 else ""})
+
+
+def book_var(view: VarView, values: np.ndarray) -> tuple[float, float]:
+    """(VaR, CVaR) of a book of `values` (one per symbol): the model's over the covered
+    assets plus each young asset's |value| x its per-unit risk (`check_var_young`)."""
+    assert view.prepared is not None
+    var, cvar = view.prepared.var(values[view.covered])
+    for j in view.uncovered.tolist():
+        v = abs(float(values[j]))
+        if v != 0.0:  # NaN too: it propagates, and var_check fails it closed
+            unit_var, unit_cvar = view.young_unit[j]
+            var += v * unit_var
+            cvar += v * unit_cvar
+    return var, cvar
 
 
 ORDER_CHECKS: tuple[Check, ...] = (
@@ -391,13 +453,90 @@ def evaluate(intent: OrderIntent, ctx: GateContext,
     return None
 
 
+# ------------------------------------------------------------------ the pass path
+
+
+_BUY, _SELL, _LIMIT, _MARKET = Side.BUY, Side.SELL, OrderType.LIMIT, OrderType.MARKET
+
+
+def order_checks_pass(intent: OrderIntent, ctx: GateContext) -> bool:
+    """True only if every check of `ORDER_CHECKS` passes, in one call: the same conditions as
+    the named checks (their denials' negations, in their order, cheapest first), without a
+    call, a `try` and a result test per check. False means "ask the named checks": on any
+    failure, and on any input the checks decide by their slower general tests (an int
+    quantity, a str subclass), `evaluate(intent, ctx, ORDER_CHECKS)` makes the denial with its
+    code and context. An exception here is a False for the caller to catch the same way.
+    tests/test_gate_fast_path.py compares this with `evaluate` on random orders."""
+    if ctx.state == HALTED:
+        return False
+    cid, side, order_type = intent.client_order_id, intent.side, intent.order_type
+    # `not cid.strip()` is "empty or all whitespace": the same definition as isspace()
+    if type(cid) is not str or not cid or cid.isspace() or (side is not _BUY
+                                                             and side is not _SELL):
+        return False
+    qty, ref = intent.quantity, intent.reference_price
+    # `_finite_positive` of a float: two comparisons (NaN fails both)
+    if type(qty) is not float or not 0.0 < qty < math.inf or type(ref) is not float \
+            or not 0.0 < ref < math.inf:
+        return False
+    if order_type is _LIMIT:
+        price = intent.limit_price
+        if type(price) is not float or not 0.0 < price < math.inf:
+            return False
+    elif order_type is _MARKET:
+        price = ref
+    else:
+        return False
+    symbol, market, limits = intent.symbol, ctx.market, ctx.limits
+    if type(symbol) is not str or symbol not in market.index:
+        return False
+    last = market.last_close.get(symbol)
+    if last is None or ctx.now - market.last_seen.get(symbol, -math.inf) > ctx.stale_after_s:
+        return False
+    collar = limits.price_collar_buy_pct if side is _BUY else limits.price_collar_sell_pct
+    if abs(price / last - 1.0) * 100.0 > collar:
+        return False
+    cap = limits.max_order_qty.get(symbol)
+    if cap is None:
+        cap = limits.max_order_notional / last
+    avg = market.avg_volume.get(symbol, 0.0)
+    if qty > cap or qty * price > limits.max_order_notional or not avg > 0.0 \
+            or qty / avg > limits.max_volume_share:
+        return False
+    rules = market.rules.get(symbol)
+    if rules is None or (order_type is _LIMIT and not rules.is_on_tick(price)) \
+            or rules.violation(qty, price) is not None:
+        return False
+    now = ctx.now
+    return ctx.duplicates.check(symbol, side._value_, qty, cid, intent.decision_id,
+                                now) is None and ctx.throttle.check_order(symbol, now) is None
+
+
+def portfolio_checks_pass_before_var(intent: OrderIntent, ctx: GateContext) -> bool:
+    """True only if `check_halted` and every check of `PORTFOLIO_CHECKS` before `check_var`
+    pass: in the ACTIVE state with a valid NAV, STATE_HALTED, STATE_REDUCING and
+    PORTFOLIO_NAV_INVALID cannot deny, which leaves exposure; the decision is then
+    `check_var`'s alone. False (or an exception): ask the named checks."""
+    book, effect = ctx.book, ctx.effect
+    if ctx.state != ACTIVE or book is None or effect is None:
+        return False
+    nav = book.nav
+    if not (-math.inf < nav < math.inf and nav > 0.0):  # `nav_valid`
+        return False
+    return exposure_violation(book, effect.index, effect.delta_value, ctx.limits, ctx.groups,
+                              intent.symbol) is None
+
+
+VAR_CHECK: tuple[Check, ...] = (check_var,)
+
+
 def order_effect(intent: OrderIntent, ctx: GateContext, book: Book) -> OrderEffect:
     """Call only after ORDER_CHECKS passed (symbol known, quantity finite, price known)."""
-    i = ctx.market.index[intent.symbol]
-    signed = signed_quantity(intent)
-    return OrderEffect(index=i, signed_qty=signed,
-                       delta_value=signed * ctx.market.last_close[intent.symbol],
-                       reduces=book.reduces(i, signed))
+    symbol, market = intent.symbol, ctx.market
+    i = market.index[symbol]
+    signed = intent.quantity if intent.side is _BUY else -intent.quantity  # signed_quantity
+    # positional: a keyword call costs more than the rest of this function (per order)
+    return OrderEffect(i, signed, signed * market.last_close[symbol], book.reduces(i, signed))
 
 
 def as_context(mapping: Mapping[str, Any]) -> str:

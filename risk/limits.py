@@ -133,7 +133,8 @@ class RiskLimits:
     var_min_bars: int = field(default=30, metadata={
         "doc": "bars of returns before VaR is estimated; until then orders that add risk are "
                "rejected (VAR_UNAVAILABLE). Between this and var.window_bars the estimate uses "
-               "every bar seen", "min": 20, "max": 100_000, "unit": "bars"})
+               "every bar seen. A young asset (listed within the window) needs this many of "
+               "its own before orders may add to it", "min": 20, "max": 100_000, "unit": "bars"})
     var: VarConfig = field(default_factory=VarConfig)
     throttle: ThrottleLimits = field(default_factory=ThrottleLimits)
     state: StateLimits = field(default_factory=StateLimits)

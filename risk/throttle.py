@@ -64,6 +64,15 @@ class MessageThrottle:
 
     def check_order(self, symbol: str, now: float) -> Violation | None:
         lim = self.limits
+        # the common case first: a window holding fewer times than its limit (expired ones
+        # included) cannot count as many, so no eviction and no count is needed to pass
+        total, pair = self._orders, self._symbol_orders.get(symbol)
+        if len(total.second._times) < lim.orders_per_second \
+                and len(total.minute._times) < lim.orders_per_minute \
+                and (pair is None or (len(pair.second._times) < lim.symbol_orders_per_second
+                                      and len(pair.minute._times)
+                                      < lim.symbol_orders_per_minute)):
+            return None
         n = self._orders.second.count(now)
         if n >= lim.orders_per_second:
             return "THROTTLE_ORDERS_PER_SECOND", {"count": n, "limit": lim.orders_per_second,

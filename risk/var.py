@@ -169,7 +169,9 @@ class ParametricRisk(PreparedRisk):
         return math.sqrt(max(float(self.covariance.dot(e).dot(e)), 0.0))
 
     def var(self, exposures: np.ndarray) -> tuple[float, float]:
-        sd = self.sigma(exposures)
+        # `sigma`, inlined: the gate calls this once per order
+        e = self._vector(exposures)
+        sd = math.sqrt(max(float(self.covariance.dot(e).dot(e)), 0.0))
         return sd * self._k_var, sd * self._k_cvar
 
 
@@ -306,6 +308,16 @@ def portfolio_var(returns_window: np.ndarray | pd.DataFrame, exposures: np.ndarr
                   cfg: VarConfig) -> tuple[float, float]:
     """One-shot (VaR, CVaR) of `exposures` (weights -> loss fraction, notionals -> money)."""
     return VarModel(cfg).prepare(returns_window).var(np.asarray(exposures, dtype=float))
+
+
+def unit_risk(prepared: PreparedRisk, k: int) -> tuple[float, float]:
+    """(VaR, CVaR) of one unit of value in asset `k` alone, long or short, whichever is larger
+    (a scenario model's tails differ by side): the risk per unit of |value|."""
+    e = np.zeros(prepared.n_assets)
+    e[k] = 1.0
+    long_var, long_cvar = prepared.var(e)
+    short_var, short_cvar = prepared.var(-e)
+    return max(long_var, short_var), max(long_cvar, short_cvar)
 
 
 # --------------------------------------------------------------------------- the gate's rule
