@@ -9,6 +9,11 @@
 * After every reconnect, and whenever a closed kline arrives for a later timestamp than the next
   one expected, the missing bars are fetched with ccxt `fetch_ohlcv` before anything newer is
   yielded: no holes. Bars at or before the last yielded timestamp are dropped: no duplicates.
+  The symbols are asked one after another while the market moves, so REST confirms a
+  timestamp (missing there = missing at the exchange) only up to the newest bar that every
+  symbol's reply reached; a symbol whose reply was empty confirms nothing. Bars REST returned
+  past that wait for the other symbols' klines like streamed bars (same deadline, same REST
+  straggler fetch).
 * Duplicated, late, out-of-order and malformed messages are dropped and counted by reason in
   `counters`, never raised.
 
@@ -94,9 +99,12 @@ class BarAssembler:
         self.deadlines.setdefault(bar.ts, now + self.deadline_s)
         return True
 
-    def add_rest(self, bars: Iterable[Bar], covered_until: datetime | None) -> int:
+    def add_rest(self, bars: Iterable[Bar], covered_until: datetime | None,
+                 now: float | None = None) -> int:
         """Merge bars fetched over REST. Timestamps up to `covered_until` are final: the
-        exchange has told us all it has for them."""
+        exchange has told us all it has for them, for every symbol. With `now`, a group that
+        is neither complete nor final gets the deadline a streamed bar would give it, so its
+        stragglers are asked for if their klines do not come."""
         added = 0
         for bar in bars:
             if self.last_ts is not None and bar.ts <= self.last_ts:
@@ -108,6 +116,10 @@ class BarAssembler:
         if covered_until is not None:
             self.covered_until = max(covered_until, self.covered_until or covered_until)
             self.final.update(ts for ts in self.pending if ts <= covered_until)
+        if now is not None:
+            for ts, group in self.pending.items():
+                if ts not in self.final and len(group) < len(self.symbols):
+                    self.deadlines.setdefault(ts, now + self.deadline_s)
         return added
 
     def gap(self) -> tuple[datetime, datetime] | None:
@@ -416,13 +428,14 @@ class BinanceKlineFeed:
                 await asyncio.sleep(max(backoff.next_delay(), exc_retry_after(exc)))
                 continue
             covered = last
-            if covered is None:
+            if covered is None and all(fetched.values()):
                 # up to the newest bar every symbol's reply reached (the least of them), so a
-                # bar that closed between two requests is not declared missing
-                newest = [max(b.ts for b in bars) for bars in fetched.values() if bars]
-                covered = min(newest) if newest else None
+                # bar that closed between two requests is not declared missing. An empty reply
+                # confirms nothing: that symbol had no bar from `first` on when it was asked,
+                # and one that closed just after must not be declared missing for it
+                covered = min(max(b.ts for b in bars) for bars in fetched.values())
             added = self.assembler.add_rest([b for bars in fetched.values() for b in bars],
-                                            covered)
+                                            covered, now=self.clock())
             if added or last is not None:
                 self.counters["gaps_backfilled" if last is not None else "catchups"] += 1
                 self.counters["bars_backfilled"] += added

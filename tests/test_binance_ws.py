@@ -263,3 +263,54 @@ async def test_feed_config_wiring(emu: BinanceEmulator) -> None:
     assert isinstance(feed, BinanceKlineFeed) and feed.warmup_bars == 31
     cfg = replace(cfg, exchange=replace(cfg.exchange, stream=StreamConfig(warmup_bars=0)))
     assert build_feed(cfg).warmup_bars == 0  # type: ignore[attr-defined]
+
+
+async def test_catchup_racing_a_close_does_not_release_a_partial_group(
+        emu: BinanceEmulator) -> None:
+    """The catch-up after a (re)connect asks REST for each symbol in turn. When a timestamp
+    closes between two of those requests, the first symbol's reply is empty and the others
+    hold the new bar: that timestamp is not confirmed for the first symbol (its kline is on the
+    stream, or REST has it now), so it must not go out without it."""
+    feed = BinanceKlineFeed(fast_cfg(emu), SYMBOLS, "1h", 3600, warmup_bars=2)
+    fetch = feed._ohlcv
+    raced: list[list[Bar]] = []
+
+    async def racing(symbol: str, since: datetime | None, until: datetime | None,
+                     limit: int) -> list[Bar]:
+        out = await fetch(symbol, since, until, limit)
+        if since is not None and until is None and not raced:
+            raced.append(out)  # nothing closed since the warm-up: an empty reply
+            await emu.advance()  # the next hour closes before the next symbol is asked
+        return out
+
+    feed._ohlcv = racing  # type: ignore[method-assign]
+    groups: list[list[Bar]] = []
+    try:
+        async with asyncio.timeout(20):
+            async for group in feed.bars():
+                groups.append(group)
+                if len(groups) == 3:  # 2 warm-up groups, then the hour that closed mid-catch-up
+                    break
+    finally:
+        await feed.close()
+    assert raced == [[]]
+    first = groups[0][0].ts
+    assert stamps(groups) == [stamps(groups)[0] + i for i in range(3)]
+    assert as_bars(groups) == as_bars(emulator_bars(emu, first, 3))  # complete, as on REST
+    assert feed.stats().get("partial_groups", 0) == 0
+
+
+def test_rest_bars_past_the_confirmed_range_wait_for_the_stream_then_rest() -> None:
+    """A catch-up reply can hold a bar of one symbol past what REST confirmed for all: it waits
+    for the others' klines like a streamed bar, and past the deadline their stragglers are
+    asked for, never released incomplete on its own or held forever."""
+    asm = BarAssembler(SYMBOLS, 3600, deadline_s=5.0)
+    for s in SYMBOLS:
+        asm.add_stream(bar(s, 0), now=0.0)
+    asm.pop_ready()
+    asm.add_rest([bar("ETH/USDT", 1)], covered_until=T0, now=1.0)
+    assert asm.pop_ready() == []
+    assert asm.overdue(now=5.9) == [] and asm.overdue(now=6.0) == [(T0 + H, ["BTC/USDT"])]
+    asm.add_stream(bar("BTC/USDT", 1), now=2.0)
+    (group,) = asm.pop_ready()
+    assert [b.symbol for b in group] == SYMBOLS
