@@ -238,12 +238,25 @@ def _with(alloc: Allocation, **changes: object) -> Allocation:
 
 def fallback_equal_weight(assets: list[str], cfg: AllocationConfig,
                           span: tuple[str, str] | None = None) -> Allocation:
-    """Equal weights over `assets`, after the cash buffer: the on_short_history decision."""
+    """Equal weights over `assets`, after the cash buffer: the on_short_history decision.
+
+    The configured caps hold here too: a weight above its max (max_weight or asset_max) is cut
+    to it, and a group above its group_max is scaled down to the cap; what is cut stays in
+    cash, as a sizing overlay's cut does (handing it to the others could break their caps)."""
     budget = 1.0 - cfg.constraints.cash_buffer
-    w = {a: budget / len(assets) for a in assets}
-    return Allocation(weights=w, expected_return=math.nan, volatility=math.nan, sharpe=math.nan,
-                      notes=("on_short_history: equal_weight",), span=span,
-                      method="equal_weight", cash=1.0 - budget)
+    lc = cons.build(assets, cfg.constraints, cfg.min_weight, cfg.max_weight)
+    w = np.minimum(np.full(len(assets), budget / len(assets)), lc.hi)
+    for name, row, cap in zip(lc.row_names, lc.a, lc.b, strict=True):
+        held = float(row @ w)
+        if name.startswith("group_max:") and held > cap:
+            w = np.where(row > 0, w * (cap / held), w)
+    notes = ["on_short_history: equal_weight"]
+    if w.sum() < budget - 1e-12:
+        notes.append(f"caps hold {w.sum():.4f} of the budget {budget:.4f}; the rest in cash")
+    weights = {a: float(x) for a, x in zip(assets, w, strict=True)}
+    return Allocation(weights=weights, expected_return=math.nan, volatility=math.nan,
+                      sharpe=math.nan, notes=tuple(notes), span=span, method="equal_weight",
+                      cash=1.0 - float(w.sum()))
 
 
 def summarise(weights: dict[str, float], mu: np.ndarray, cov: np.ndarray, interval_s: int,

@@ -314,6 +314,24 @@ def test_insufficient_history_is_distinct_and_pickles(rets):
     assert all(v == pytest.approx(0.08) for v in fb.weights.values())
 
 
+def test_equal_weight_fallback_keeps_the_caps():
+    """on_short_history = equal_weight must not break max_weight, asset_max or group_max:
+    what the caps cut stays in cash."""
+    two = fallback_equal_weight(["BTC/USDT", "ETH/USDT"], cfg(max_weight=0.4))
+    assert two.weights == {"BTC/USDT": pytest.approx(0.4), "ETH/USDT": pytest.approx(0.4)}
+    assert two.cash == pytest.approx(0.2) and any("caps hold" in n for n in two.notes)
+    four = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT"]
+    grouped = fallback_equal_weight(four, cfg(max_weight=1.0, constraints=ConstraintsConfig(
+        groups={"l1": ["ETH/USDT", "SOL/USDT"]}, group_max={"l1": 0.3},
+        asset_max={"XRP/USDT": 0.1})))
+    assert grouped.weights == pytest.approx({"BTC/USDT": 0.25, "ETH/USDT": 0.15,
+                                             "SOL/USDT": 0.15, "XRP/USDT": 0.1})
+    assert grouped.cash == pytest.approx(0.35)
+    free = fallback_equal_weight(four, cfg(max_weight=1.0))  # nothing binds: plain 1/N
+    assert free.weights == pytest.approx(dict.fromkeys(four, 0.25)) and free.cash == 0.0
+    assert free.notes == ("on_short_history: equal_weight",)
+
+
 def test_estimator_choices_change_the_solve(rets):
     outs = {cov: w_of(solve(rets, cfg(estimators=EstimatorConfig(cov=cov)), DAY))
             for cov in ("sample", "ledoit", "ewma")}
