@@ -418,11 +418,8 @@ class CcxtVenue:
             raws = await self._call("fetch_my_trades", symbol, since_ms, _TRADES_PAGE)
             newest = since_ms
             for raw in raws:
-                try:
-                    trade = await self._trade_from_rest(raw)
-                except MalformedReply as exc:
-                    self.counters["malformed_trades"] += 1
-                    log.warning("trade_unusable", symbol=symbol, error=str(exc))
+                trade = await self._usable_trade(raw, symbol)
+                if trade is None:
                     continue
                 out[trade.trade_id] = trade
                 ms = int(trade.ts.timestamp() * 1000)
@@ -526,6 +523,15 @@ class CcxtVenue:
             return cost, currency, notional * rate if rate is not None else None
         return cost, currency, None
 
+    async def _usable_trade(self, raw: Any, symbol: str) -> VenueTrade | None:
+        """`_trade_from_rest`, or None (counted and logged) for a trade we cannot book."""
+        try:
+            return await self._trade_from_rest(raw)
+        except MalformedReply as exc:
+            self.counters["malformed_trades"] += 1
+            log.warning("trade_unusable", symbol=symbol, error=str(exc))
+            return None
+
     async def _trade_from_rest(self, raw: Any) -> VenueTrade:
         if not isinstance(raw, dict):
             raise MalformedReply(f"trade is {type(raw).__name__}")
@@ -624,11 +630,8 @@ class CcxtVenue:
             for raw in rows:
                 if str(raw.get("id")) in seen:
                     continue
-                try:
-                    trade = await self._trade_from_rest(raw)
-                except MalformedReply as exc:
-                    self.counters["malformed_trades"] += 1
-                    log.warning("trade_unusable", symbol=symbol, error=str(exc))
+                trade = await self._usable_trade(raw, symbol)
+                if trade is None:
                     continue
                 ms = int(trade.ts.timestamp() * 1000)
                 if since is None or ms > since:

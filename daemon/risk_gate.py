@@ -566,7 +566,7 @@ class RiskGate:
         try:
             return self._nav()
         except Exception as exc:
-            self._error("build_book", exc)
+            self._error("nav", exc)
             return None
 
     # -- state triggers -------------------------------------------------------------------
