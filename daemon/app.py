@@ -28,7 +28,6 @@ from daemon.counters import EventCounters
 from daemon.events import (
     Bar,
     BarsClosed,
-    Event,
     Fill,
     OrderApproved,
     OrderIntent,
@@ -187,7 +186,7 @@ class Daemon:
         bus.subscribe("rebalancer", {Bar: self.rebalancer.on_bar,
                                      BarsClosed: self.rebalancer.on_bars_closed})
         bus.subscribe("journal", {RiskRejected: self.journal.record_rejection})
-        bus.subscribe("counters", {Event: self.counters.on_event})
+        bus.subscribe("counters", self.counters.handlers())
 
     def _book_fill(self, fill: Fill) -> None:
         self.portfolio.apply_fill(fill)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daemon.events import (
@@ -14,6 +15,9 @@ from daemon.events import (
     TargetWeights,
 )
 
+# what the run summary and the metrics read (the properties below)
+COUNTED = (OrderIntent, Fill, RiskRejected, OrderRejected, TargetWeights)
+
 
 @dataclass
 class EventCounters:
@@ -21,6 +25,10 @@ class EventCounters:
     rejections_by_code: Counter[str] = field(default_factory=Counter)
     fees: float = 0.0
     traded_notional: float = 0.0
+
+    def handlers(self) -> dict[type, Callable[[Event], None]]:
+        # only what is counted: bars are most of the bus's traffic (7 calls a replay timestamp)
+        return dict.fromkeys(COUNTED, self.on_event)
 
     def on_event(self, event: Event) -> None:
         self.by_type[type(event).__name__] += 1
