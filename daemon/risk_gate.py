@@ -92,7 +92,7 @@ from risk.checks import (
     order_effect,
     portfolio_checks_pass_before_var,
 )
-from risk.exposure import Book, BookKeeper, build_groups, nav_valid
+from risk.exposure import Book, BookKeeper, build_groups
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
@@ -172,6 +172,8 @@ class RiskGate:
             stale_after_s=limits.state.stale_after_intervals * float(interval_s))
         self._market_time = False
         self._market_now = 0.0  # bar time in seconds since the epoch, once bars arrive
+        self._bar_ts: datetime | None = None  # the last bar's `ts` and its `timestamp()`
+        self._bar_seen = 0.0
         self._last_bar_at = self._now_wall()  # staleness counts from start-up, not from never
         n = len(self.symbols)
         self._volumes: dict[str, deque[float]] = {
@@ -187,6 +189,8 @@ class RiskGate:
         # derives from prices with numpy calls every time, kept up to date by `on_bar` (NAV)
         self._priced = np.zeros(n)
         self._unpriced = set(range(n))
+        self._nav_held: tuple[float, ...] | None = None  # the positions `_nav_vector` holds
+        self._nav_vector = np.zeros(n)
         # len(portfolio.positions) when a symbol was last missing from it (`_held`)
         self._held_missing_at = -1
         self._var_model_cfg = limits.var
@@ -351,34 +355,43 @@ class RiskGate:
             self._error("on_bar", exc)
 
     def _on_bar(self, bar: Bar) -> None:
-        i = self.market.index.get(bar.symbol)
-        close = bar.close
+        symbol, close, market = bar.symbol, bar.close, self.market
+        i = market.index.get(symbol)
         # a float is decided by two comparisons (NaN fails both); anything else by the full test
         if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
                 isinstance(close, int | float) and math.isfinite(close) and close > 0)):
             # a bar we cannot price from is no fresh data: staleness keeps counting
-            log.warning("bar_ignored", symbol=bar.symbol, close=close)
+            log.warning("bar_ignored", symbol=symbol, close=close)
             return
         if self._market_time:
-            # bar time: the symbol was seen at its own bar's time, the clock is the newest bar
-            seen = bar.ts.timestamp()
-            self._market_now = max(self._market_now, seen)
+            # bar time: the symbol was seen at its own bar's time, the clock is the newest bar.
+            # A timestamp's bars share one `ts` object (a replay's feed): convert it once
+            ts = bar.ts
+            if ts is not self._bar_ts:
+                self._bar_ts, self._bar_seen = ts, ts.timestamp()
+            seen = self._bar_seen
+            self._market_now = now = max(self._market_now, seen)
+            self._last_bar_at = now  # `_now()` on bar time
         else:
             seen = self.monotonic()
-        self.market.last_close[bar.symbol] = float(close)
-        self.market.prices[i] = close
-        self._priced[i] = close
+            self._last_bar_at = self._now()
+        market.last_close[symbol] = float(close)
+        market.prices[i] = close
         if self._unpriced:
+            self._priced[i] = close
             self._unpriced.discard(i)
+            if not self._unpriced:
+                # every symbol priced: `_priced` equals `prices` from now on, so share it
+                # (one write per bar instead of two)
+                self._priced = market.prices
         self._prices_version += 1
-        self.market.last_seen[bar.symbol] = seen
-        self._last_bar_at = self._now()
+        market.last_seen[symbol] = seen
         volume = bar.volume
         if (type(volume) is float and 0.0 <= volume < math.inf) or (
                 isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
-            window = self._volumes[bar.symbol]
+            window = self._volumes[symbol]
             window.append(float(volume))
-            self.market.avg_volume[bar.symbol] = sum(window) / len(window)
+            market.avg_volume[symbol] = sum(window) / len(window)
         record = self.trading.record
         if (record.reason == "DATA_STALE" and record.by == "gate"
                 and self.limits.state.resume_on_fresh_data):
@@ -557,10 +570,13 @@ class RiskGate:
             if positions[i] != 0.0:  # NaN too, as in `book_nav`: held without a price
                 return math.nan
         # `book_nav`'s arithmetic (`_priced` is its `np.where(isnan(prices), 0, prices)`, and
-        # equals `prices` once all are priced): the same dot of the same vectors, the same NAV
-        # to the bit, without its numpy calls on the prices every bar
-        return cash + float(np.fromiter(positions, dtype=float, count=len(positions))
-                            @ self._priced)
+        # is `prices` once all are priced): the same dot of the same vectors, the same NAV
+        # to the bit, without its numpy calls on the prices every bar. Positions change only
+        # with fills, so their vector is kept until they do (equal floats, equal products)
+        if positions != self._nav_held:
+            self._nav_vector = np.fromiter(positions, dtype=float, count=len(positions))
+            self._nav_held = positions
+        return cash + float(self._nav_vector.dot(self._priced))
 
     def _safe_nav(self) -> float | None:
         try:
@@ -571,16 +587,19 @@ class RiskGate:
 
     # -- state triggers -------------------------------------------------------------------
     def _check_loss_limits(self, nav: float, day: Any = None) -> None:
-        if not nav_valid(nav):
+        if not 0.0 < nav < math.inf:  # `nav_valid` (NaN fails both)
             return  # a held asset without a price: NAV unknown, not a loss
         watch, st = self.nav_watch, self.limits.state
         day_before = watch.day
         watch.update(nav, day)
-        if watch.needs_save() or watch.day != day_before:
+        if watch.day != day_before or watch.needs_save():
             watch.save(self.journal)
         # `escalate` ignores a state no stricter than the current one: test that first, so a
-        # limit breached for months (a halted replay) does not build its context every bar
-        loss = watch.daily_loss
+        # limit breached for months (a halted replay) does not build its context every bar.
+        # `watch.daily_loss` and `watch.drawdown` inline (per bar, fill and order): after a
+        # valid mark `last_nav` is `nav` and both references are set and positive
+        start = watch.day_start_nav
+        loss = 1.0 - nav / start if start else 0.0
         if loss > st.max_daily_loss_fraction \
                 and TradingState(st.daily_loss_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.daily_loss_action), "DAILY_LOSS_LIMIT",
@@ -589,7 +608,9 @@ class RiskGate:
                                            "nav": round(nav, 2),
                                            "day_start_nav": round(watch.day_start_nav or 0, 2),
                                            "day": watch.day})
-        dd = watch.drawdown  # (the state is read again: the daily loss may have escalated it)
+        peak = watch.peak_nav
+        dd = 1.0 - nav / peak if peak else 0.0
+        # (the state is read again: the daily loss may have escalated it)
         if dd > st.max_drawdown_fraction \
                 and TradingState(st.drawdown_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.drawdown_action), "DRAWDOWN_LIMIT",
