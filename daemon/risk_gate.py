@@ -120,6 +120,13 @@ def _order_approved(intent: OrderIntent, ts: datetime) -> OrderApproved:
     return event
 
 
+def _all_finite(returns: np.ndarray) -> bool:
+    """True only if every value is finite: a NaN or an inf carries through a sum, so a finite
+    sum has none (one pass where the per-column test costs five). False also when a sum of
+    finite values overflows: the caller then runs the per-column test, which decides."""
+    return math.isfinite(returns.sum())
+
+
 def _passes(fast: Callable[[OrderIntent, GateContext], bool], intent: OrderIntent,
             ctx: GateContext) -> bool:
     try:
@@ -194,6 +201,12 @@ class RiskGate:
         # len(portfolio.positions) when a symbol was last missing from it (`_held`)
         self._held_missing_at = -1
         self._var_model_cfg = limits.var
+        # `VarView`'s covered, uncovered, position and positions when every symbol is covered
+        # (the usual bar): the same each time, shared by the views (read-only)
+        every = np.arange(n, dtype=np.intp)
+        none = np.zeros(0, dtype=np.intp)
+        every.flags.writeable = none.flags.writeable = False
+        self._all_columns = (every, none, every, every.tolist())
         # the VaR model is prepared lazily (`_ensure_var`): `_closes_version` counts changes
         # of the window of closes, `_var_version` is the one `ctx.var` was prepared from
         self._closes_version = 0
@@ -452,16 +465,27 @@ class RiskGate:
             view.unavailable = f"{view.bars} bars of returns, need {min_bars}"
             return
         closes = self._closes()
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             returns = closes[1:] / closes[:-1] - 1.0
+            finite = _all_finite(returns)
+        cfg = self._var_model_cfg
+        if view.bars < cfg.window_bars:
+            cfg = replace(cfg, window_bars=view.bars)
+        if finite:  # every column clean: the model takes the window as it is
+            try:
+                view.prepared = VarModel(cfg).prepare(returns, finite=True)
+            except (VarError, ValueError) as exc:
+                view.unavailable = str(exc)
+                return
+            view.covered, view.uncovered, view.position, view.positions = self._all_columns
+            view.all_covered = True
+            view.unavailable = ""
+            return
         clean = np.isfinite(returns).all(axis=0)
         covered = np.flatnonzero(clean)
         if covered.size == 0:
             view.unavailable = "no symbol has a clean return history"
             return
-        cfg = self._var_model_cfg
-        if view.bars < cfg.window_bars:
-            cfg = replace(cfg, window_bars=view.bars)
         try:
             view.prepared = VarModel(cfg).prepare(returns[:, covered])
         except (VarError, ValueError) as exc:
@@ -513,7 +537,7 @@ class RiskGate:
         view = self.ctx.var
         if view.prepared is None or not book.nav_valid:
             return
-        values = book.values[view.covered]
+        values = book.values if view.all_covered else book.values[view.covered]
         view.book_values = values.tobytes()
         view.book_risk = view.prepared.var(values)
 
