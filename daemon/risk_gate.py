@@ -135,6 +135,30 @@ def _passes(fast: Callable[[OrderIntent, GateContext], bool], intent: OrderInten
         return False
 
 
+class _VolumeAverages(dict[str, float]):
+    """`MarketView.avg_volume`: symbol -> average of its window of bar volumes, computed
+    when read. A bar drops its symbol's entry; `get` and `[]` compute a missing one from the
+    window (the same sum of the same volumes an eager update would have made) and keep it.
+    Symbols without a volume yet are missing, as before."""
+
+    def __init__(self, windows: dict[str, deque[float]]) -> None:
+        super().__init__()
+        self._windows = windows
+
+    def __missing__(self, symbol: str) -> float:
+        window = self._windows.get(symbol)
+        if not window:
+            raise KeyError(symbol)
+        average = self[symbol] = sum(window) / len(window)
+        return average
+
+    def get(self, symbol: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[symbol]
+        except KeyError:
+            return default
+
+
 class PortfolioView(Protocol):
     cash: float
     positions: dict[str, float]
@@ -185,6 +209,7 @@ class RiskGate:
         n = len(self.symbols)
         self._volumes: dict[str, deque[float]] = {
             s: deque(maxlen=limits.volume_window_bars) for s in self.symbols}
+        self.market.avg_volume = self._averages = _VolumeAverages(self._volumes)
         # the window of closes, oldest row first, in a buffer twice its size: a bar writes one
         # row, and only when the buffer is full is the window moved back to its start (once
         # per window length), where shifting the whole window every bar cost O(rows * n)
@@ -250,7 +275,7 @@ class RiskGate:
             if window.maxlen != limits.volume_window_bars:
                 kept = self._volumes[symbol] = deque(window, maxlen=limits.volume_window_bars)
                 if kept:
-                    self.market.avg_volume[symbol] = sum(kept) / len(kept)
+                    self._averages[symbol] = sum(kept) / len(kept)
         rows = limits.var.window_bars + 1
         if rows != self._close_cap:
             keep = min(self._close_rows, rows)
@@ -402,9 +427,9 @@ class RiskGate:
         volume = bar.volume
         if (type(volume) is float and 0.0 <= volume < math.inf) or (
                 isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
-            window = self._volumes[symbol]
-            window.append(float(volume))
-            market.avg_volume[symbol] = sum(window) / len(window)
+            self._volumes[symbol].append(float(volume))
+            # averaged when read (`_VolumeAverages`): orders come after one bar in a hundred
+            self._averages.pop(symbol, None)
         record = self.trading.record
         if (record.reason == "DATA_STALE" and record.by == "gate"
                 and self.limits.state.resume_on_fresh_data):

@@ -12,14 +12,24 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
 from typing import Any
 
 import numpy as np
 import pytest
 
 import daemon.risk_gate as risk_gate
-from daemon.events import Fill, OrderApproved, RiskRejected, Side, TradingStateChanged
+from daemon.events import (
+    Bar,
+    BarsClosed,
+    Fill,
+    OrderApproved,
+    RiskRejected,
+    Side,
+    TradingStateChanged,
+)
 from daemon.trading_state import NavWatch, TradingState
 from risk.limits import StateLimits
 from risk.var import VarConfig, VarError, VarModel
@@ -141,3 +151,36 @@ def test_the_loss_limits_trip_at_the_mark_a_plain_watch_says() -> None:
                 h.gate.nav_watch.day_start_nav) == (ref.peak_nav, ref.day, ref.day_start_nav)
         seen.append(want_rank)
     assert seen.count(1) > 0 and seen.count(2) > 0  # both limits tripped on the way
+
+
+def test_volume_averages_computed_when_read_equal_the_per_bar_ones() -> None:
+    h = Harness(limits(volume_window_bars=5), warmup=0)
+    gate, rnd = h.gate, random.Random(3)
+    windows: dict[str, deque[float]] = {s: deque(maxlen=5) for s in SYMBOLS}
+    for _ in range(60):
+        for s in SYMBOLS:
+            volume: Any = rnd.choice([rnd.uniform(0.0, 100.0), 1e6, 0.0, math.nan, -1.0, 7])
+            p = h.prices[s]
+            gate.on_bar(Bar(s, h.ts, p, p, p, p, volume, 3600))
+            if isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0:
+                windows[s].append(float(volume))
+            if rnd.random() < 0.3:  # read between bars too, not only after a timestamp
+                want = sum(windows[s]) / len(windows[s]) if windows[s] else None
+                assert gate.market.avg_volume.get(s) == want
+        gate.on_bars_closed(BarsClosed(ts=h.ts, count=len(SYMBOLS)))
+        h.bar_no += 1
+        for s in SYMBOLS:
+            want = sum(windows[s]) / len(windows[s]) if windows[s] else None
+            assert gate.market.avg_volume.get(s) == want
+            assert gate.market.avg_volume.get(s, 0.0) == (want or 0.0)
+            assert gate.participation_cap(s) == (0.0 if not want else 0.02 * want)
+            if want is None:
+                with pytest.raises(KeyError):
+                    gate.market.avg_volume[s]
+            else:
+                assert gate.market.avg_volume[s] == want
+    assert gate.market.avg_volume.get("DOGE/USDT", 0.0) == 0.0
+    gate.update_limits(limits(volume_window_bars=3))  # a reload keeps the newest volumes
+    for s in SYMBOLS:
+        kept = list(windows[s])[-3:]
+        assert gate.market.avg_volume.get(s) == (sum(kept) / len(kept) if kept else None)
