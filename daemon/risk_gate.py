@@ -387,53 +387,53 @@ class RiskGate:
 
     # -- market data ----------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
+        # one frame per bar (230,000 in a replay of five years): the body inside the `try`
         try:
-            self._on_bar(bar)
+            symbol, close, market = bar.symbol, bar.close, self.market
+            i = market.index.get(symbol)
+            # a float is decided by two comparisons (NaN fails both); anything else by the
+            # full test
+            if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
+                    isinstance(close, int | float) and math.isfinite(close) and close > 0)):
+                # a bar we cannot price from is no fresh data: staleness keeps counting
+                log.warning("bar_ignored", symbol=symbol, close=close)
+                return
+            if self._market_time:
+                # bar time: the symbol was seen at its own bar's time, the clock is the newest
+                # bar. A timestamp's bars share one `ts` object (a replay's feed): convert once
+                ts = bar.ts
+                if ts is not self._bar_ts:
+                    self._bar_ts, self._bar_seen = ts, ts.timestamp()
+                seen = self._bar_seen
+                if seen > self._market_now:
+                    self._market_now = seen
+                self._last_bar_at = self._market_now  # `_now()` on bar time
+            else:
+                seen = self.monotonic()
+                self._last_bar_at = self._now()
+            market.last_close[symbol] = float(close)
+            market.prices[i] = close
+            if self._unpriced:
+                self._priced[i] = close
+                self._unpriced.discard(i)
+                if not self._unpriced:
+                    # every symbol priced: `_priced` equals `prices` from now on, so share it
+                    # (one write per bar instead of two)
+                    self._priced = market.prices
+            self._prices_version += 1
+            market.last_seen[symbol] = seen
+            volume = bar.volume
+            if (type(volume) is float and 0.0 <= volume < math.inf) or (
+                    isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
+                self._volumes[symbol].append(float(volume))
+                # averaged when read (`_VolumeAverages`): orders follow one bar in a hundred
+                self._averages.pop(symbol, None)
+            record = self.trading.record
+            if (record.reason == "DATA_STALE" and record.by == "gate"
+                    and self.limits.state.resume_on_fresh_data):
+                self.trading.undo(by="gate", reason="DATA_FRESH")
         except Exception as exc:
             self._error("on_bar", exc)
-
-    def _on_bar(self, bar: Bar) -> None:
-        symbol, close, market = bar.symbol, bar.close, self.market
-        i = market.index.get(symbol)
-        # a float is decided by two comparisons (NaN fails both); anything else by the full test
-        if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
-                isinstance(close, int | float) and math.isfinite(close) and close > 0)):
-            # a bar we cannot price from is no fresh data: staleness keeps counting
-            log.warning("bar_ignored", symbol=symbol, close=close)
-            return
-        if self._market_time:
-            # bar time: the symbol was seen at its own bar's time, the clock is the newest bar.
-            # A timestamp's bars share one `ts` object (a replay's feed): convert it once
-            ts = bar.ts
-            if ts is not self._bar_ts:
-                self._bar_ts, self._bar_seen = ts, ts.timestamp()
-            seen = self._bar_seen
-            self._market_now = now = max(self._market_now, seen)
-            self._last_bar_at = now  # `_now()` on bar time
-        else:
-            seen = self.monotonic()
-            self._last_bar_at = self._now()
-        market.last_close[symbol] = float(close)
-        market.prices[i] = close
-        if self._unpriced:
-            self._priced[i] = close
-            self._unpriced.discard(i)
-            if not self._unpriced:
-                # every symbol priced: `_priced` equals `prices` from now on, so share it
-                # (one write per bar instead of two)
-                self._priced = market.prices
-        self._prices_version += 1
-        market.last_seen[symbol] = seen
-        volume = bar.volume
-        if (type(volume) is float and 0.0 <= volume < math.inf) or (
-                isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
-            self._volumes[symbol].append(float(volume))
-            # averaged when read (`_VolumeAverages`): orders come after one bar in a hundred
-            self._averages.pop(symbol, None)
-        record = self.trading.record
-        if (record.reason == "DATA_STALE" and record.by == "gate"
-                and self.limits.state.resume_on_fresh_data):
-            self.trading.undo(by="gate", reason="DATA_FRESH")
 
     def on_bars_closed(self, event: BarsClosed) -> None:
         """Once per bar: rules, the window of closes, an OMS halt, loss limits. The VaR model

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -184,3 +185,19 @@ def test_volume_averages_computed_when_read_equal_the_per_bar_ones() -> None:
     for s in SYMBOLS:
         kept = list(windows[s])[-3:]
         assert gate.market.avg_volume.get(s) == (sum(kept) / len(kept) if kept else None)
+
+
+def test_market_time_converts_each_bar_time_and_keeps_the_newest() -> None:
+    h = Harness(warmup=0)
+    gate = h.gate
+    gate.use_market_time()
+    t1 = h.ts
+    t2 = t1 + timedelta(hours=1)
+    t2_copy = datetime.fromtimestamp(t2.timestamp(), tz=UTC)  # equal, another object
+    for s, ts in (("BTC/USDT", t2), ("ETH/USDT", t2), ("SOL/USDT", t1),  # a late bar
+                  ("BTC/USDT", t2_copy), ("ETH/USDT", t1)):
+        p = h.prices[s]
+        gate.on_bar(Bar(s, ts, p, p, p, p, 1.0, 3600))
+    assert gate.market.last_seen == {"BTC/USDT": t2.timestamp(), "ETH/USDT": t1.timestamp(),
+                                     "SOL/USDT": t1.timestamp()}
+    assert gate._market_now == gate._last_bar_at == t2.timestamp() == gate._now()
