@@ -4,8 +4,10 @@
 The decisions are the pure checks of `risk.checks` (per order their one-call pass path
 first, the named checks for any denial); this module keeps what they read current:
 
-* per bar (`Bar`, `BarsClosed`): last closes, average bar volume, the venue's market rules,
-  a window of closes, loss-limit marks (NAV only, not the whole book);
+* per bar (`Bar`, `BarsClosed`): last closes, the window of bar volumes (averaged when an
+  order or the proposer reads it, `_VolumeAverages`: a replay reads one bar in a hundred),
+  the venue's market rules, a window of closes, loss-limit marks (NAV only, not the whole
+  book; the positions' vector kept until a fill moves them);
 * per bar with an order: the VaR model prepared from the window of returns
   (`VarModel.prepare`) and the book's VaR, on the first order after a `BarsClosed` and kept
   for the bar's other orders. Most bars have no order (a replay: about one in a hundred), and
