@@ -4,8 +4,10 @@
 The decisions are the pure checks of `risk.checks` (per order their one-call pass path
 first, the named checks for any denial); this module keeps what they read current:
 
-* per bar (`Bar`, `BarsClosed`): last closes, average bar volume, the venue's market rules,
-  a window of closes, loss-limit marks (NAV only, not the whole book);
+* per bar (`Bar`, `BarsClosed`): last closes, the window of bar volumes (averaged when an
+  order or the proposer reads it, `_VolumeAverages`: a replay reads one bar in a hundred),
+  the venue's market rules, a window of closes, loss-limit marks (NAV only, not the whole
+  book; the positions' vector kept until a fill moves them);
 * per bar with an order: the VaR model prepared from the window of returns
   (`VarModel.prepare`) and the book's VaR, on the first order after a `BarsClosed` and kept
   for the bar's other orders. Most bars have no order (a replay: about one in a hundred), and
@@ -92,7 +94,7 @@ from risk.checks import (
     order_effect,
     portfolio_checks_pass_before_var,
 )
-from risk.exposure import Book, BookKeeper, build_groups, nav_valid
+from risk.exposure import Book, BookKeeper, build_groups
 from risk.limits import RiskLimits
 from risk.market_rules import MarketRules
 from risk.throttle import DuplicateFilter, MessageThrottle, SlidingWindow
@@ -120,12 +122,43 @@ def _order_approved(intent: OrderIntent, ts: datetime) -> OrderApproved:
     return event
 
 
+def _all_finite(returns: np.ndarray) -> bool:
+    """True only if every value is finite: a NaN or an inf carries through a sum, so a finite
+    sum has none (one pass where the per-column test costs five). False also when a sum of
+    finite values overflows: the caller then runs the per-column test, which decides."""
+    return math.isfinite(returns.sum())
+
+
 def _passes(fast: Callable[[OrderIntent, GateContext], bool], intent: OrderIntent,
             ctx: GateContext) -> bool:
     try:
         return fast(intent, ctx)
     except Exception:  # the named checks will say what: GATE_CHECK_FAILED with the check
         return False
+
+
+class _VolumeAverages(dict[str, float]):
+    """`MarketView.avg_volume`: symbol -> average of its window of bar volumes, computed
+    when read. A bar drops its symbol's entry; `get` and `[]` compute a missing one from the
+    window (the same sum of the same volumes an eager update would have made) and keep it.
+    Symbols without a volume yet are missing, as before."""
+
+    def __init__(self, windows: dict[str, deque[float]]) -> None:
+        super().__init__()
+        self._windows = windows
+
+    def __missing__(self, symbol: str) -> float:
+        window = self._windows.get(symbol)
+        if not window:
+            raise KeyError(symbol)
+        average = self[symbol] = sum(window) / len(window)
+        return average
+
+    def get(self, symbol: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[symbol]
+        except KeyError:
+            return default
 
 
 class PortfolioView(Protocol):
@@ -172,10 +205,13 @@ class RiskGate:
             stale_after_s=limits.state.stale_after_intervals * float(interval_s))
         self._market_time = False
         self._market_now = 0.0  # bar time in seconds since the epoch, once bars arrive
+        self._bar_ts: datetime | None = None  # the last bar's `ts` and its `timestamp()`
+        self._bar_seen = 0.0
         self._last_bar_at = self._now_wall()  # staleness counts from start-up, not from never
         n = len(self.symbols)
         self._volumes: dict[str, deque[float]] = {
             s: deque(maxlen=limits.volume_window_bars) for s in self.symbols}
+        self.market.avg_volume = self._averages = _VolumeAverages(self._volumes)
         # the window of closes, oldest row first, in a buffer twice its size: a bar writes one
         # row, and only when the buffer is full is the window moved back to its start (once
         # per window length), where shifting the whole window every bar cost O(rows * n)
@@ -187,9 +223,17 @@ class RiskGate:
         # derives from prices with numpy calls every time, kept up to date by `on_bar` (NAV)
         self._priced = np.zeros(n)
         self._unpriced = set(range(n))
+        self._nav_held: tuple[float, ...] | None = None  # the positions `_nav_vector` holds
+        self._nav_vector = np.zeros(n)
         # len(portfolio.positions) when a symbol was last missing from it (`_held`)
         self._held_missing_at = -1
         self._var_model_cfg = limits.var
+        # `VarView`'s covered, uncovered, position and positions when every symbol is covered
+        # (the usual bar): the same each time, shared by the views (read-only)
+        every = np.arange(n, dtype=np.intp)
+        none = np.zeros(0, dtype=np.intp)
+        every.flags.writeable = none.flags.writeable = False
+        self._all_columns = (every, none, every, every.tolist())
         # the VaR model is prepared lazily (`_ensure_var`): `_closes_version` counts changes
         # of the window of closes, `_var_version` is the one `ctx.var` was prepared from
         self._closes_version = 0
@@ -233,7 +277,7 @@ class RiskGate:
             if window.maxlen != limits.volume_window_bars:
                 kept = self._volumes[symbol] = deque(window, maxlen=limits.volume_window_bars)
                 if kept:
-                    self.market.avg_volume[symbol] = sum(kept) / len(kept)
+                    self._averages[symbol] = sum(kept) / len(kept)
         rows = limits.var.window_bars + 1
         if rows != self._close_cap:
             keep = min(self._close_rows, rows)
@@ -345,44 +389,53 @@ class RiskGate:
 
     # -- market data ----------------------------------------------------------------------
     def on_bar(self, bar: Bar) -> None:
+        # one frame per bar (230,000 in a replay of five years): the body inside the `try`
         try:
-            self._on_bar(bar)
+            symbol, close, market = bar.symbol, bar.close, self.market
+            i = market.index.get(symbol)
+            # a float is decided by two comparisons (NaN fails both); anything else by the
+            # full test
+            if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
+                    isinstance(close, int | float) and math.isfinite(close) and close > 0)):
+                # a bar we cannot price from is no fresh data: staleness keeps counting
+                log.warning("bar_ignored", symbol=symbol, close=close)
+                return
+            if self._market_time:
+                # bar time: the symbol was seen at its own bar's time, the clock is the newest
+                # bar. A timestamp's bars share one `ts` object (a replay's feed): convert once
+                ts = bar.ts
+                if ts is not self._bar_ts:
+                    self._bar_ts, self._bar_seen = ts, ts.timestamp()
+                seen = self._bar_seen
+                if seen > self._market_now:
+                    self._market_now = seen
+                self._last_bar_at = self._market_now  # `_now()` on bar time
+            else:
+                seen = self.monotonic()
+                self._last_bar_at = self._now()
+            market.last_close[symbol] = float(close)
+            market.prices[i] = close
+            if self._unpriced:
+                self._priced[i] = close
+                self._unpriced.discard(i)
+                if not self._unpriced:
+                    # every symbol priced: `_priced` equals `prices` from now on, so share it
+                    # (one write per bar instead of two)
+                    self._priced = market.prices
+            self._prices_version += 1
+            market.last_seen[symbol] = seen
+            volume = bar.volume
+            if (type(volume) is float and 0.0 <= volume < math.inf) or (
+                    isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
+                self._volumes[symbol].append(float(volume))
+                # averaged when read (`_VolumeAverages`): orders follow one bar in a hundred
+                self._averages.pop(symbol, None)
+            record = self.trading.record
+            if (record.reason == "DATA_STALE" and record.by == "gate"
+                    and self.limits.state.resume_on_fresh_data):
+                self.trading.undo(by="gate", reason="DATA_FRESH")
         except Exception as exc:
             self._error("on_bar", exc)
-
-    def _on_bar(self, bar: Bar) -> None:
-        i = self.market.index.get(bar.symbol)
-        close = bar.close
-        # a float is decided by two comparisons (NaN fails both); anything else by the full test
-        if i is None or not ((type(close) is float and 0.0 < close < math.inf) or (
-                isinstance(close, int | float) and math.isfinite(close) and close > 0)):
-            # a bar we cannot price from is no fresh data: staleness keeps counting
-            log.warning("bar_ignored", symbol=bar.symbol, close=close)
-            return
-        if self._market_time:
-            # bar time: the symbol was seen at its own bar's time, the clock is the newest bar
-            seen = bar.ts.timestamp()
-            self._market_now = max(self._market_now, seen)
-        else:
-            seen = self.monotonic()
-        self.market.last_close[bar.symbol] = float(close)
-        self.market.prices[i] = close
-        self._priced[i] = close
-        if self._unpriced:
-            self._unpriced.discard(i)
-        self._prices_version += 1
-        self.market.last_seen[bar.symbol] = seen
-        self._last_bar_at = self._now()
-        volume = bar.volume
-        if (type(volume) is float and 0.0 <= volume < math.inf) or (
-                isinstance(volume, int | float) and math.isfinite(volume) and volume >= 0):
-            window = self._volumes[bar.symbol]
-            window.append(float(volume))
-            self.market.avg_volume[bar.symbol] = sum(window) / len(window)
-        record = self.trading.record
-        if (record.reason == "DATA_STALE" and record.by == "gate"
-                and self.limits.state.resume_on_fresh_data):
-            self.trading.undo(by="gate", reason="DATA_FRESH")
 
     def on_bars_closed(self, event: BarsClosed) -> None:
         """Once per bar: rules, the window of closes, an OMS halt, loss limits. The VaR model
@@ -439,16 +492,27 @@ class RiskGate:
             view.unavailable = f"{view.bars} bars of returns, need {min_bars}"
             return
         closes = self._closes()
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             returns = closes[1:] / closes[:-1] - 1.0
+            finite = _all_finite(returns)
+        cfg = self._var_model_cfg
+        if view.bars < cfg.window_bars:
+            cfg = replace(cfg, window_bars=view.bars)
+        if finite:  # every column clean: the model takes the window as it is
+            try:
+                view.prepared = VarModel(cfg).prepare(returns, finite=True)
+            except (VarError, ValueError) as exc:
+                view.unavailable = str(exc)
+                return
+            view.covered, view.uncovered, view.position, view.positions = self._all_columns
+            view.all_covered = True
+            view.unavailable = ""
+            return
         clean = np.isfinite(returns).all(axis=0)
         covered = np.flatnonzero(clean)
         if covered.size == 0:
             view.unavailable = "no symbol has a clean return history"
             return
-        cfg = self._var_model_cfg
-        if view.bars < cfg.window_bars:
-            cfg = replace(cfg, window_bars=view.bars)
         try:
             view.prepared = VarModel(cfg).prepare(returns[:, covered])
         except (VarError, ValueError) as exc:
@@ -500,7 +564,7 @@ class RiskGate:
         view = self.ctx.var
         if view.prepared is None or not book.nav_valid:
             return
-        values = book.values[view.covered]
+        values = book.values if view.all_covered else book.values[view.covered]
         view.book_values = values.tobytes()
         view.book_risk = view.prepared.var(values)
 
@@ -557,10 +621,13 @@ class RiskGate:
             if positions[i] != 0.0:  # NaN too, as in `book_nav`: held without a price
                 return math.nan
         # `book_nav`'s arithmetic (`_priced` is its `np.where(isnan(prices), 0, prices)`, and
-        # equals `prices` once all are priced): the same dot of the same vectors, the same NAV
-        # to the bit, without its numpy calls on the prices every bar
-        return cash + float(np.fromiter(positions, dtype=float, count=len(positions))
-                            @ self._priced)
+        # is `prices` once all are priced): the same dot of the same vectors, the same NAV
+        # to the bit, without its numpy calls on the prices every bar. Positions change only
+        # with fills, so their vector is kept until they do (equal floats, equal products)
+        if positions != self._nav_held:
+            self._nav_vector = np.fromiter(positions, dtype=float, count=len(positions))
+            self._nav_held = positions
+        return cash + float(self._nav_vector.dot(self._priced))
 
     def _safe_nav(self) -> float | None:
         try:
@@ -571,16 +638,19 @@ class RiskGate:
 
     # -- state triggers -------------------------------------------------------------------
     def _check_loss_limits(self, nav: float, day: Any = None) -> None:
-        if not nav_valid(nav):
+        if not 0.0 < nav < math.inf:  # `nav_valid` (NaN fails both)
             return  # a held asset without a price: NAV unknown, not a loss
         watch, st = self.nav_watch, self.limits.state
         day_before = watch.day
         watch.update(nav, day)
-        if watch.needs_save() or watch.day != day_before:
+        if watch.day != day_before or watch.needs_save():
             watch.save(self.journal)
         # `escalate` ignores a state no stricter than the current one: test that first, so a
-        # limit breached for months (a halted replay) does not build its context every bar
-        loss = watch.daily_loss
+        # limit breached for months (a halted replay) does not build its context every bar.
+        # `watch.daily_loss` and `watch.drawdown` inline (per bar, fill and order): after a
+        # valid mark `last_nav` is `nav` and both references are set and positive
+        start = watch.day_start_nav
+        loss = 1.0 - nav / start if start else 0.0
         if loss > st.max_daily_loss_fraction \
                 and TradingState(st.daily_loss_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.daily_loss_action), "DAILY_LOSS_LIMIT",
@@ -589,7 +659,9 @@ class RiskGate:
                                            "nav": round(nav, 2),
                                            "day_start_nav": round(watch.day_start_nav or 0, 2),
                                            "day": watch.day})
-        dd = watch.drawdown  # (the state is read again: the daily loss may have escalated it)
+        peak = watch.peak_nav
+        dd = 1.0 - nav / peak if peak else 0.0
+        # (the state is read again: the daily loss may have escalated it)
         if dd > st.max_drawdown_fraction \
                 and TradingState(st.drawdown_action).rank > self.trading.state.rank:
             self.trading.escalate(TradingState(st.drawdown_action), "DRAWDOWN_LIMIT",

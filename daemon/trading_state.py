@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -227,13 +227,19 @@ class NavWatch:
     day_start_nav: float | None = None
     last_nav: float | None = None
     _saved_peak: float | None = None
+    # the last date `update` was given and its isoformat: a mark per bar, a new day per 24
+    _day_date: date | None = field(default=None, repr=False, compare=False)
+    _day_iso: str | None = field(default=None, repr=False, compare=False)
 
     def update(self, nav: float, day: date | None = None) -> None:
         if not (math.isfinite(nav) and nav > 0.0):
             return
-        if day is not None and day.isoformat() != self.day:
-            self.day_start_nav = self.last_nav if self.last_nav is not None else nav
-            self.day = day.isoformat()
+        if day is not None:
+            if day != self._day_date:
+                self._day_date, self._day_iso = day, day.isoformat()
+            if self._day_iso != self.day:
+                self.day_start_nav = self.last_nav if self.last_nav is not None else nav
+                self.day = self._day_iso
         if self.day_start_nav is None:
             self.day_start_nav = nav
         if self.peak_nav is None or nav > self.peak_nav:

@@ -499,7 +499,12 @@ def order_checks_pass(intent: OrderIntent, ctx: GateContext) -> bool:
     cap = limits.max_order_qty.get(symbol)
     if cap is None:
         cap = limits.max_order_notional / last
-    avg = market.avg_volume.get(symbol, 0.0)
+    try:
+        # `[]`, not `get`: a dict subclass that computes averages when read (the gate's)
+        # answers it at C speed, and a symbol without volume is a False either way
+        avg = market.avg_volume[symbol]
+    except KeyError:
+        return False
     if qty > cap or qty * price > limits.max_order_notional or not avg > 0.0 \
             or qty / avg > limits.max_volume_share:
         return False

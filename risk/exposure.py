@@ -100,12 +100,14 @@ def book_nav(positions: np.ndarray, prices: np.ndarray, cash: float,
     """NAV as `Book.build` computes it (cash plus positions at `prices`; NaN when a held asset
     has no price), without the exposures: the gate's per-bar loss limits need only this, and
     sharing the arithmetic keeps their NAV bit-identical to the book's."""
+    # ndarray.dot, not `@`: for two 1-D float vectors both are one BLAS ddot, the same bits,
+    # and `dot` dispatches in half the time (the gate's NAV runs per bar and per fill)
     if all_priced:
-        return cash + float(positions @ prices)
+        return cash + float(positions.dot(prices))
     unpriced = np.isnan(prices)
     if bool(np.any(positions[unpriced] != 0.0)):
         return math.nan
-    return cash + float(positions @ np.where(unpriced, 0.0, prices))
+    return cash + float(positions.dot(np.where(unpriced, 0.0, prices)))
 
 
 def nav_valid(nav: float) -> bool:
@@ -284,7 +286,7 @@ class BookKeeper:
         priced = prices if all_priced else np.where(np.isnan(prices), 0.0, prices)
         self._prices = priced.tolist()
         # `book_nav`'s dot: NAV == cash + this, exactly, until a swap moves it
-        self._held_value = float(held_vector @ priced)
+        self._held_value = float(held_vector.dot(priced))
         self._qty, self._values = book.qty.tolist(), book.values.tolist()
         self._prices_version, self._all_priced = prices_version, all_priced
         self._held, self._pending, self._cash = held, pending, cash

@@ -539,9 +539,9 @@ def test_var_model_is_prepared_once_per_bar_with_orders_and_book_risk_reused(
     real_prepare = var_module.VarModel.prepare
     real_var = var_module.ParametricRisk.var
 
-    def counting_prepare(self: Any, returns: Any) -> Any:
+    def counting_prepare(self: Any, returns: Any, **kwargs: Any) -> Any:
         prepares.append(1)
-        return real_prepare(self, returns)
+        return real_prepare(self, returns, **kwargs)
 
     def counting_var(self: Any, exposures: Any) -> Any:
         evaluations.append(1)

@@ -144,3 +144,19 @@ def test_nav_watch_survives_a_restart_in_the_journal(tmp_path: Path) -> None:
     journal.set_meta(NAV_KEY, "garbage")
     assert NavWatch.load(journal).peak_nav is None
     journal.close()
+
+
+def test_nav_watch_compares_the_day_it_is_given_with_the_day_it_holds() -> None:
+    # the date's isoformat is kept between marks; the day held is still what decides
+    w = NavWatch()
+    d1, d2 = date(2024, 1, 1), date(2024, 1, 2)
+    w.update(100.0, d1)
+    w.update(90.0, d1)
+    assert (w.day, w.day_start_nav) == ("2024-01-01", 100.0)
+    w.update(95.0, d2)
+    assert (w.day, w.day_start_nav) == ("2024-01-02", 90.0)  # the last mark before midnight
+    w.day = "2023-12-31"  # e.g. loaded from the journal: a new day at the next mark
+    w.update(97.0, d2)
+    assert (w.day, w.day_start_nav) == ("2024-01-02", 95.0)
+    w.update(96.0, d2)
+    assert w.day_start_nav == 95.0
