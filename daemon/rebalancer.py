@@ -155,9 +155,11 @@ class Rebalancer:
         self._requested: str | None = None
         self._cov_cache: tuple[int, tuple[list[str], np.ndarray] | None] | None = None
         self._solves_paused = False  # a scheduled solve was held back while HALTED
-        # (targets, symbols in drift order, band per symbol, targets' long sum) for `_quiet`
-        self._bands_cache: tuple[dict[str, float], tuple[str, ...], tuple[float, ...],
-                                 float] | None = None
+        # `_quiet`'s view of the targets, rebuilt when they are replaced (see `_QuietBands`)
+        self._bands_cache: _QuietBands | None = None
+        # `_quiet` and `_halted_repeat`: off, every bar takes `decide`'s full path (the
+        # equivalence tests and `bench_replay --old-paths` compare the two)
+        self.shortcuts = True
         # targets come from set_external_targets (daemon/strategy_targets.py): never solve
         self.external_targets = False
         # the risk gate's trading state (ACTIVE | REDUCING | HALTED), wired by the app: orders
@@ -428,9 +430,9 @@ class Rebalancer:
         assert self.targets is not None
         tcfg, pcfg = self.cfg.trigger, self.cfg.policy
         targets = self.targets
-        current = self.effective_weights()
-        if not forced and self._quiet(ts, current, targets):
+        if not forced and self.shortcuts and self._quiet(ts, targets):
             return
+        current = self.effective_weights()
         drifts = drift(current, targets)
         bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in drifts}, tcfg.rules,
                                      self.cfg.band, tcfg.relative_band)
@@ -528,52 +530,66 @@ class Rebalancer:
         self._traded_targets = dict(targets)
         log.info("rebalance", **self.last_decision)
 
-    def _quiet(self, ts: datetime, current: dict[str, float],
-               targets: dict[str, float]) -> bool:
+    def _quiet(self, ts: datetime, targets: dict[str, float]) -> bool:
         """The common bar, cheaply; True when it is dealt with, False sends `decide` down its
         full path. Two cases:
 
         - within bands (no asset outside its band, not deploying cash, no calendar rebalance
-          due): logs `within_bands` exactly as `decide` would;
+          due): counted as `within_bands` exactly as `decide` would, its line built only when
+          it would be written (the reason changed, or debug is on);
         - anything else while trading is HALTED, when the skip `decide` would end in repeats
           the last one (`_halted_repeat`).
 
+        The weights are `effective_weights`' and the drifts `drift`'s, the same floats from
+        the same operations in the same order, only without the dicts: a bar's band test has
+        to see every price move, so nothing is carried from the last bar but the bands.
         Only for the asset rules alone: a portfolio rule or the cost test needs the tracking
         error of the drifts."""
         tcfg = self.cfg.trigger
         if "portfolio" in tcfg.rules or self.cfg.cost.max_cost_share > 0:
             return False
-        cache = self._bands_cache
-        # targets are replaced, never changed in place, and `current` always has the symbols
-        # as keys: the bands hold as long as the targets object does
-        if cache is None or cache[0] is not targets:
-            names = tuple(sorted(set(current) | set(targets)))  # `drift`'s order
-            bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in names}, tcfg.rules,
-                                         self.cfg.band, tcfg.relative_band)
-            cache = self._bands_cache = (targets, names, tuple(bands[s] for s in names),
-                                         sum(max(t, 0.0) for t in targets.values()))
-        _, names, widths, target_invested = cache
-        deploying = sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested
-        # the same drifts, band test and sums as `drift` and `triggers.check_drift`
-        now, goal = current.get, targets.get
-        abs_drifts = [abs(now(s, 0.0) - goal(s, 0.0)) for s in names]
+        bands = self._bands_cache
+        # targets are replaced, never changed in place: the bands hold as long as the targets
+        # object does
+        if bands is None or bands.targets is not targets:
+            bands = self._bands_cache = _QuietBands.of(targets, self.symbols, self.cfg.band,
+                                                       tcfg)
+        portfolio = self.portfolio
+        nav = portfolio.nav
+        if nav > 0:
+            held, prices = portfolio.positions, portfolio.prices
+            working = self.oms.working_quantity()
+            weights = [(held.get(s, 0.0) + working.get(s, 0.0)) * prices.get(s, 0.0) / nav
+                       for s in bands.symbols]
+        else:
+            weights = [0.0] * len(bands.symbols)
+        # `max(w, 0.0)` (the same value, NaN and -0.0 included), summed in `current`'s order
+        deploying = sum([0.0 if w < 0.0 else w for w in weights]) < bands.half_invested
         breached = False
-        for a, b in zip(abs_drifts, widths, strict=True):
-            if a > b + 1e-12:
+        for k, t, limit in bands.rows:
+            if abs((weights[k] if k >= 0 else 0.0) - t) > limit:
                 breached = True
                 break
-        if not deploying and not breached:
-            max_abs = max(abs_drifts, default=0.0)
+        if deploying or breached:
+            # past the band test `decide` trades (deploying cash exempts from the cooldown)
+            return self._halted_repeat(exempt=deploying)
+        calendar = tcfg.calendar_days > 0
+        if not calendar and self._last_skip == "within_bands" \
+                and not logs.enabled(logging.DEBUG):
+            self.skips["within_bands"] += 1  # what `_skip` does with a repeat it does not log
+            return True
+        abs_drifts = [abs((weights[k] if k >= 0 else 0.0) - t) for k, t, _ in bands.rows]
+        max_abs = max(abs_drifts, default=0.0)
+        if calendar:
             since = self._last_rebalance_ts or self._targets_since or ts
             days = (ts - since).total_seconds() / 86_400.0
-            if not triggers.calendar_due(days, max_abs, tcfg):
-                check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
-                                              sum_abs_drift=float(sum(abs_drifts)),
-                                              tracking_error=None)
-                self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
-                return True
-        # past the band test `decide` trades (deploying cash exempts from the cooldown)
-        return self._halted_repeat(exempt=deploying)
+            if triggers.calendar_due(days, max_abs, tcfg):
+                return self._halted_repeat(exempt=False)
+        check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
+                                      sum_abs_drift=float(sum(abs_drifts)),
+                                      tracking_error=None)
+        self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
+        return True
 
     def _halted_repeat(self, exempt: bool) -> bool:
         """While HALTED, `decide` past its band test can only skip: for `rejected_retry`,
@@ -581,7 +597,8 @@ class Rebalancer:
         skip repeats the last one, its line is at debug: with debug off, only the count is
         left, and the trigger's texts, the trade plan and the logger are spared. True when
         counted here; False sends `decide` down its full path (which also logs a change)."""
-        if self._last_skip is None or str(self.trading_state()) != "HALTED" \
+        if not self.shortcuts or self._last_skip is None \
+                or str(self.trading_state()) != "HALTED" \
                 or logs.enabled(logging.DEBUG):
             return False
         tcfg = self.cfg.trigger
@@ -737,6 +754,30 @@ class Rebalancer:
               max_abs_drift=round(check.max_abs_drift, 4),
               sum_abs_drift=round(check.sum_abs_drift, 4),
               tracking_error_bps=_bps(check.tracking_error))
+
+
+@dataclass(frozen=True, slots=True)
+class _QuietBands:
+    """What `_quiet` needs of one targets dict: the symbols in `effective_weights`' order;
+    per symbol in `drift`'s order (sorted), where its weight is among them (-1: none, weight
+    0), its target and band plus the band test's 1e-12 (`check_drift`'s); and half the
+    targets' long sum (the deploy test's)."""
+
+    targets: dict[str, float]
+    symbols: tuple[str, ...]
+    rows: tuple[tuple[int, float, float], ...]
+    half_invested: float
+
+    @classmethod
+    def of(cls, targets: dict[str, float], symbols: list[str], band: float,
+           tcfg: TriggerConfig) -> _QuietBands:
+        names = sorted(set(symbols) | set(targets))
+        widths = triggers.asset_bands({s: targets.get(s, 0.0) for s in names}, tcfg.rules,
+                                      band, tcfg.relative_band)
+        keys = tuple(dict.fromkeys(symbols))  # a dict's keys, as `effective_weights` has
+        where = {s: k for k, s in enumerate(keys)}
+        rows = tuple((where.get(s, -1), targets.get(s, 0.0), widths[s] + 1e-12) for s in names)
+        return cls(targets, keys, rows, 0.5 * sum(max(t, 0.0) for t in targets.values()))
 
 
 def client_order_id(decision_id: str, symbol: str, side: str, index: int) -> str:
