@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import structlog
 
 from daemon import logs
@@ -47,6 +46,7 @@ from risk.allocation import (
     Allocation,
     AllocationConfig,
     InsufficientHistory,
+    ReturnsWindow,
     SolveError,
     fallback_equal_weight,
     periods_per_year,
@@ -306,7 +306,7 @@ class Rebalancer:
                 self.decide(ts, forced=forced)
             return
         self._last_attempt = self.bar_index
-        returns = self.history.returns(self.allocation.lookback_bars)
+        returns = self.history.window(self.allocation.lookback_bars)
         if len(returns) < self.allocation.min_history_bars:
             # the solve would raise this too: decide here instead of a worker round trip
             short = InsufficientHistory(needed=self.allocation.min_history_bars,
@@ -319,10 +319,13 @@ class Rebalancer:
         self.solving = True
         self.bus.track(self._solve(ts, reason, returns, previous, forced), name="rebalance-solve")
 
-    async def _solve(self, ts: datetime, reason: str, returns: pd.DataFrame,
+    async def _solve(self, ts: datetime, reason: str, returns: ReturnsWindow,
                      previous: dict[str, float] | None, forced: bool) -> None:
         started = time.perf_counter()
-        args: tuple[Any, ...] = (returns, self.allocation, self.interval_s)
+        # `solve` takes the window as it is; another solve function gets the DataFrame the
+        # rebalancer always passed
+        given = returns if self.solve_fn is solve else returns.frame()
+        args: tuple[Any, ...] = (given, self.allocation, self.interval_s)
         if self._takes_previous:
             args = (*args, previous)
         try:
@@ -347,7 +350,7 @@ class Rebalancer:
         self.decide(ts, forced=forced)
 
     def _on_short_history(self, ts: datetime, reason: str, exc: InsufficientHistory,
-                          returns: pd.DataFrame, forced: bool) -> None:
+                          returns: ReturnsWindow, forced: bool) -> None:
         self._failed_last = True  # a retry waits for retry_after_bars or enough history
         if self.allocation.on_short_history == "hold":
             log.info("short_history", decision="hold", trigger=reason, needed=exc.needed,
@@ -358,8 +361,7 @@ class Rebalancer:
             log.info("short_history", decision="equal_weight", trigger=reason,
                      needed=exc.needed, got=exc.got, outcome="no priced market yet")
             return
-        span = (str(returns.index[0]), str(returns.index[-1])) if len(returns) else None
-        fallback = fallback_equal_weight(assets, self.allocation, span)
+        fallback = fallback_equal_weight(assets, self.allocation, returns.span())
         log.info("short_history", decision="equal_weight", trigger=reason, needed=exc.needed,
                  got=exc.got, assets=len(assets))
         self._install(ts, fallback, f"{reason}; {exc}", returns, 0.0, False)
@@ -367,7 +369,7 @@ class Rebalancer:
         self.decide(ts, forced=forced)
 
     def _install(self, ts: datetime, allocation: Allocation, reason: str,
-                 returns: pd.DataFrame, elapsed: float, with_previous: bool) -> None:
+                 returns: ReturnsWindow, elapsed: float, with_previous: bool) -> None:
         old = self.targets
         self.targets = {k: float(v) for k, v in allocation.weights.items()}
         self._last_success = self.bar_index
@@ -376,8 +378,7 @@ class Rebalancer:
             self._targets_since = ts
         self._vol_at_solve = self._realised_vol()
         method = allocation.method or self.allocation.method
-        span = allocation.span or ((str(returns.index[0]), str(returns.index[-1]))
-                                   if len(returns) else None)
+        span = allocation.span or returns.span()
         log.info("targets_solved", method=method, trigger=reason,
                  span_start=span[0] if span else None, span_end=span[1] if span else None,
                  bars=len(returns), expected_return=_finite(allocation.expected_return, 4),
@@ -394,8 +395,8 @@ class Rebalancer:
                                               "sharpe": allocation.sharpe,
                                               "solve_seconds": elapsed}))
 
-    def _returns_matrix(self, lookback: int) -> pd.DataFrame:
-        return self.history.returns(lookback)
+    def _returns_matrix(self, lookback: int) -> ReturnsWindow:
+        return self.history.window(lookback)
 
     def _realised_vol(self) -> float | None:
         if self.targets is None:
@@ -403,8 +404,8 @@ class Rebalancer:
         r = self._returns_matrix(self.cfg.schedule.vol_window_bars)
         if len(r) < 2:
             return None
-        w = np.array([self.targets.get(str(c), 0.0) for c in r.columns])
-        return realised_vol(r.to_numpy(dtype=float), w, self.ppy)
+        w = np.array([self.targets.get(a, 0.0) for a in r.assets])
+        return realised_vol(r.values, w, self.ppy)
 
     def _covariance(self) -> tuple[list[str], np.ndarray] | None:
         """Sample covariance of per-bar returns over the allocation's lookback, once per bar."""
@@ -412,9 +413,9 @@ class Rebalancer:
             return self._cov_cache[1]
         r = self._returns_matrix(self.allocation.lookback_bars)
         out = None
-        if len(r) >= 2 and r.shape[1]:
-            cov = np.atleast_2d(np.cov(r.to_numpy(dtype=float), rowvar=False))
-            out = ([str(c) for c in r.columns], cov)
+        if len(r) >= 2 and r.assets:
+            cov = np.atleast_2d(np.cov(r.values, rowvar=False))
+            out = (list(r.assets), cov)
         self._cov_cache = (self.bar_index, out)
         return out
 
