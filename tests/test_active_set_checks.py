@@ -41,3 +41,18 @@ def test_infinite_bounds_are_allowed() -> None:
     qp = dataclasses.replace(_qp(), ub=np.full(2, np.inf))
     res = active_set.solve(qp, np.array([0.5, 0.5]), WorkingSet.empty(2))
     assert res.x.sum() == pytest.approx(1.0)
+
+
+def test_triangular_solves_are_scipys() -> None:
+    from scipy.linalg import solve_triangular
+
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 9):
+        m = rng.normal(size=(n, n))
+        chol = np.linalg.cholesky(m @ m.T + n * np.eye(n))
+        for b in (rng.normal(size=n), rng.normal(size=(n, 3)), np.zeros((n, 0))):
+            for a, lower in ((chol, True), (chol.T, False)):
+                want = solve_triangular(a, b, lower=lower)
+                got = active_set._solve_triangular(a, b, lower)
+                assert got.shape == want.shape and got.dtype == want.dtype
+                np.testing.assert_array_equal(got, want)
