@@ -157,8 +157,8 @@ class Rebalancer:
         self._solves_paused = False  # a scheduled solve was held back while HALTED
         # `_quiet`'s view of the targets, rebuilt when they are replaced (see `_QuietBands`)
         self._bands_cache: _QuietBands | None = None
-        # `_quiet` and `_halted_repeat`: off, every bar takes `decide`'s full path (the
-        # equivalence tests and `bench_replay --old-paths` compare the two)
+        # `_quiet` and `_halted_repeat`: off, every bar takes `decide`'s full path
+        # (tests/test_rebalancer_shortcuts.py compares the two bar by bar)
         self.shortcuts = True
         # targets come from set_external_targets (daemon/strategy_targets.py): never solve
         self.external_targets = False
