@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import structlog
 
 from daemon import logs
@@ -47,6 +46,7 @@ from risk.allocation import (
     Allocation,
     AllocationConfig,
     InsufficientHistory,
+    ReturnsWindow,
     SolveError,
     fallback_equal_weight,
     periods_per_year,
@@ -155,9 +155,11 @@ class Rebalancer:
         self._requested: str | None = None
         self._cov_cache: tuple[int, tuple[list[str], np.ndarray] | None] | None = None
         self._solves_paused = False  # a scheduled solve was held back while HALTED
-        # (targets, symbols in drift order, band per symbol, targets' long sum) for `_quiet`
-        self._bands_cache: tuple[dict[str, float], tuple[str, ...], tuple[float, ...],
-                                 float] | None = None
+        # `_quiet`'s view of the targets, rebuilt when they are replaced (see `_QuietBands`)
+        self._bands_cache: _QuietBands | None = None
+        # `_quiet` and `_halted_repeat`: off, every bar takes `decide`'s full path
+        # (tests/test_rebalancer_shortcuts.py compares the two bar by bar)
+        self.shortcuts = True
         # targets come from set_external_targets (daemon/strategy_targets.py): never solve
         self.external_targets = False
         # the risk gate's trading state (ACTIVE | REDUCING | HALTED), wired by the app: orders
@@ -304,7 +306,7 @@ class Rebalancer:
                 self.decide(ts, forced=forced)
             return
         self._last_attempt = self.bar_index
-        returns = self.history.returns(self.allocation.lookback_bars)
+        returns = self.history.window(self.allocation.lookback_bars)
         if len(returns) < self.allocation.min_history_bars:
             # the solve would raise this too: decide here instead of a worker round trip
             short = InsufficientHistory(needed=self.allocation.min_history_bars,
@@ -317,10 +319,13 @@ class Rebalancer:
         self.solving = True
         self.bus.track(self._solve(ts, reason, returns, previous, forced), name="rebalance-solve")
 
-    async def _solve(self, ts: datetime, reason: str, returns: pd.DataFrame,
+    async def _solve(self, ts: datetime, reason: str, returns: ReturnsWindow,
                      previous: dict[str, float] | None, forced: bool) -> None:
         started = time.perf_counter()
-        args: tuple[Any, ...] = (returns, self.allocation, self.interval_s)
+        # `solve` takes the window as it is; another solve function gets the DataFrame the
+        # rebalancer always passed
+        given = returns if self.solve_fn is solve else returns.frame()
+        args: tuple[Any, ...] = (given, self.allocation, self.interval_s)
         if self._takes_previous:
             args = (*args, previous)
         try:
@@ -345,7 +350,7 @@ class Rebalancer:
         self.decide(ts, forced=forced)
 
     def _on_short_history(self, ts: datetime, reason: str, exc: InsufficientHistory,
-                          returns: pd.DataFrame, forced: bool) -> None:
+                          returns: ReturnsWindow, forced: bool) -> None:
         self._failed_last = True  # a retry waits for retry_after_bars or enough history
         if self.allocation.on_short_history == "hold":
             log.info("short_history", decision="hold", trigger=reason, needed=exc.needed,
@@ -356,8 +361,7 @@ class Rebalancer:
             log.info("short_history", decision="equal_weight", trigger=reason,
                      needed=exc.needed, got=exc.got, outcome="no priced market yet")
             return
-        span = (str(returns.index[0]), str(returns.index[-1])) if len(returns) else None
-        fallback = fallback_equal_weight(assets, self.allocation, span)
+        fallback = fallback_equal_weight(assets, self.allocation, returns.span())
         log.info("short_history", decision="equal_weight", trigger=reason, needed=exc.needed,
                  got=exc.got, assets=len(assets))
         self._install(ts, fallback, f"{reason}; {exc}", returns, 0.0, False)
@@ -365,7 +369,7 @@ class Rebalancer:
         self.decide(ts, forced=forced)
 
     def _install(self, ts: datetime, allocation: Allocation, reason: str,
-                 returns: pd.DataFrame, elapsed: float, with_previous: bool) -> None:
+                 returns: ReturnsWindow, elapsed: float, with_previous: bool) -> None:
         old = self.targets
         self.targets = {k: float(v) for k, v in allocation.weights.items()}
         self._last_success = self.bar_index
@@ -374,8 +378,7 @@ class Rebalancer:
             self._targets_since = ts
         self._vol_at_solve = self._realised_vol()
         method = allocation.method or self.allocation.method
-        span = allocation.span or ((str(returns.index[0]), str(returns.index[-1]))
-                                   if len(returns) else None)
+        span = allocation.span or returns.span()
         log.info("targets_solved", method=method, trigger=reason,
                  span_start=span[0] if span else None, span_end=span[1] if span else None,
                  bars=len(returns), expected_return=_finite(allocation.expected_return, 4),
@@ -392,8 +395,8 @@ class Rebalancer:
                                               "sharpe": allocation.sharpe,
                                               "solve_seconds": elapsed}))
 
-    def _returns_matrix(self, lookback: int) -> pd.DataFrame:
-        return self.history.returns(lookback)
+    def _returns_matrix(self, lookback: int) -> ReturnsWindow:
+        return self.history.window(lookback)
 
     def _realised_vol(self) -> float | None:
         if self.targets is None:
@@ -401,8 +404,8 @@ class Rebalancer:
         r = self._returns_matrix(self.cfg.schedule.vol_window_bars)
         if len(r) < 2:
             return None
-        w = np.array([self.targets.get(str(c), 0.0) for c in r.columns])
-        return realised_vol(r.to_numpy(dtype=float), w, self.ppy)
+        w = np.array([self.targets.get(a, 0.0) for a in r.assets])
+        return realised_vol(r.values, w, self.ppy)
 
     def _covariance(self) -> tuple[list[str], np.ndarray] | None:
         """Sample covariance of per-bar returns over the allocation's lookback, once per bar."""
@@ -410,9 +413,9 @@ class Rebalancer:
             return self._cov_cache[1]
         r = self._returns_matrix(self.allocation.lookback_bars)
         out = None
-        if len(r) >= 2 and r.shape[1]:
-            cov = np.atleast_2d(np.cov(r.to_numpy(dtype=float), rowvar=False))
-            out = ([str(c) for c in r.columns], cov)
+        if len(r) >= 2 and r.assets:
+            cov = np.atleast_2d(np.cov(r.values, rowvar=False))
+            out = (list(r.assets), cov)
         self._cov_cache = (self.bar_index, out)
         return out
 
@@ -428,9 +431,9 @@ class Rebalancer:
         assert self.targets is not None
         tcfg, pcfg = self.cfg.trigger, self.cfg.policy
         targets = self.targets
-        current = self.effective_weights()
-        if not forced and self._quiet(ts, current, targets):
+        if not forced and self.shortcuts and self._quiet(ts, targets):
             return
+        current = self.effective_weights()
         drifts = drift(current, targets)
         bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in drifts}, tcfg.rules,
                                      self.cfg.band, tcfg.relative_band)
@@ -528,52 +531,66 @@ class Rebalancer:
         self._traded_targets = dict(targets)
         log.info("rebalance", **self.last_decision)
 
-    def _quiet(self, ts: datetime, current: dict[str, float],
-               targets: dict[str, float]) -> bool:
+    def _quiet(self, ts: datetime, targets: dict[str, float]) -> bool:
         """The common bar, cheaply; True when it is dealt with, False sends `decide` down its
         full path. Two cases:
 
         - within bands (no asset outside its band, not deploying cash, no calendar rebalance
-          due): logs `within_bands` exactly as `decide` would;
+          due): counted as `within_bands` exactly as `decide` would, its line built only when
+          it would be written (the reason changed, or debug is on);
         - anything else while trading is HALTED, when the skip `decide` would end in repeats
           the last one (`_halted_repeat`).
 
+        The weights are `effective_weights`' and the drifts `drift`'s, the same floats from
+        the same operations in the same order, only without the dicts: a bar's band test has
+        to see every price move, so nothing is carried from the last bar but the bands.
         Only for the asset rules alone: a portfolio rule or the cost test needs the tracking
         error of the drifts."""
         tcfg = self.cfg.trigger
         if "portfolio" in tcfg.rules or self.cfg.cost.max_cost_share > 0:
             return False
-        cache = self._bands_cache
-        # targets are replaced, never changed in place, and `current` always has the symbols
-        # as keys: the bands hold as long as the targets object does
-        if cache is None or cache[0] is not targets:
-            names = tuple(sorted(set(current) | set(targets)))  # `drift`'s order
-            bands = triggers.asset_bands({s: targets.get(s, 0.0) for s in names}, tcfg.rules,
-                                         self.cfg.band, tcfg.relative_band)
-            cache = self._bands_cache = (targets, names, tuple(bands[s] for s in names),
-                                         sum(max(t, 0.0) for t in targets.values()))
-        _, names, widths, target_invested = cache
-        deploying = sum(max(w, 0.0) for w in current.values()) < 0.5 * target_invested
-        # the same drifts, band test and sums as `drift` and `triggers.check_drift`
-        now, goal = current.get, targets.get
-        abs_drifts = [abs(now(s, 0.0) - goal(s, 0.0)) for s in names]
+        bands = self._bands_cache
+        # targets are replaced, never changed in place: the bands hold as long as the targets
+        # object does
+        if bands is None or bands.targets is not targets:
+            bands = self._bands_cache = _QuietBands.of(targets, self.symbols, self.cfg.band,
+                                                       tcfg)
+        portfolio = self.portfolio
+        nav = portfolio.nav
+        if nav > 0:
+            held, prices = portfolio.positions, portfolio.prices
+            working = self.oms.working_quantity()
+            weights = [(held.get(s, 0.0) + working.get(s, 0.0)) * prices.get(s, 0.0) / nav
+                       for s in bands.symbols]
+        else:
+            weights = [0.0] * len(bands.symbols)
+        # `max(w, 0.0)` (the same value, NaN and -0.0 included), summed in `current`'s order
+        deploying = sum([0.0 if w < 0.0 else w for w in weights]) < bands.half_invested
         breached = False
-        for a, b in zip(abs_drifts, widths, strict=True):
-            if a > b + 1e-12:
+        for k, t, limit in bands.rows:
+            if abs((weights[k] if k >= 0 else 0.0) - t) > limit:
                 breached = True
                 break
-        if not deploying and not breached:
-            max_abs = max(abs_drifts, default=0.0)
+        if deploying or breached:
+            # past the band test `decide` trades (deploying cash exempts from the cooldown)
+            return self._halted_repeat(exempt=deploying)
+        calendar = tcfg.calendar_days > 0
+        if not calendar and self._last_skip == "within_bands" \
+                and not logs.enabled(logging.DEBUG):
+            self.skips["within_bands"] += 1  # what `_skip` does with a repeat it does not log
+            return True
+        abs_drifts = [abs((weights[k] if k >= 0 else 0.0) - t) for k, t, _ in bands.rows]
+        max_abs = max(abs_drifts, default=0.0)
+        if calendar:
             since = self._last_rebalance_ts or self._targets_since or ts
             days = (ts - since).total_seconds() / 86_400.0
-            if not triggers.calendar_due(days, max_abs, tcfg):
-                check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
-                                              sum_abs_drift=float(sum(abs_drifts)),
-                                              tracking_error=None)
-                self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
-                return True
-        # past the band test `decide` trades (deploying cash exempts from the cooldown)
-        return self._halted_repeat(exempt=deploying)
+            if triggers.calendar_due(days, max_abs, tcfg):
+                return self._halted_repeat(exempt=False)
+        check = triggers.TriggerCheck(reasons=(), breaches={}, max_abs_drift=max_abs,
+                                      sum_abs_drift=float(sum(abs_drifts)),
+                                      tracking_error=None)
+        self._skip(Skip("within_bands", f"max |drift| {max_abs:.4f}"), check)
+        return True
 
     def _halted_repeat(self, exempt: bool) -> bool:
         """While HALTED, `decide` past its band test can only skip: for `rejected_retry`,
@@ -581,7 +598,8 @@ class Rebalancer:
         skip repeats the last one, its line is at debug: with debug off, only the count is
         left, and the trigger's texts, the trade plan and the logger are spared. True when
         counted here; False sends `decide` down its full path (which also logs a change)."""
-        if self._last_skip is None or str(self.trading_state()) != "HALTED" \
+        if not self.shortcuts or self._last_skip is None \
+                or str(self.trading_state()) != "HALTED" \
                 or logs.enabled(logging.DEBUG):
             return False
         tcfg = self.cfg.trigger
@@ -737,6 +755,30 @@ class Rebalancer:
               max_abs_drift=round(check.max_abs_drift, 4),
               sum_abs_drift=round(check.sum_abs_drift, 4),
               tracking_error_bps=_bps(check.tracking_error))
+
+
+@dataclass(frozen=True, slots=True)
+class _QuietBands:
+    """What `_quiet` needs of one targets dict: the symbols in `effective_weights`' order;
+    per symbol in `drift`'s order (sorted), where its weight is among them (-1: none, weight
+    0), its target and band plus the band test's 1e-12 (`check_drift`'s); and half the
+    targets' long sum (the deploy test's)."""
+
+    targets: dict[str, float]
+    symbols: tuple[str, ...]
+    rows: tuple[tuple[int, float, float], ...]
+    half_invested: float
+
+    @classmethod
+    def of(cls, targets: dict[str, float], symbols: list[str], band: float,
+           tcfg: TriggerConfig) -> _QuietBands:
+        names = sorted(set(symbols) | set(targets))
+        widths = triggers.asset_bands({s: targets.get(s, 0.0) for s in names}, tcfg.rules,
+                                      band, tcfg.relative_band)
+        keys = tuple(dict.fromkeys(symbols))  # a dict's keys, as `effective_weights` has
+        where = {s: k for k, s in enumerate(keys)}
+        rows = tuple((where.get(s, -1), targets.get(s, 0.0), widths[s] + 1e-12) for s in names)
+        return cls(targets, keys, rows, 0.5 * sum(max(t, 0.0) for t in targets.values()))
 
 
 def client_order_id(decision_id: str, symbol: str, side: str, index: int) -> str:

@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.lapack import dtrtrs
 
 # Iterations beyond this mean cycling on a degenerate vertex or a badly posed problem: give up
 # rather than loop (each iteration changes the working set by one, so a well-posed solve from a
@@ -90,6 +91,13 @@ def solve(qp: QP, x0: np.ndarray, working: WorkingSet, max_iter: int | None = No
     (which must be linearly independent together with E: true of any working set this
     function returned for the same constraint data)."""
     n = qp.h.shape[0]
+    # the linear algebra below skips scipy's finite checks and wrappers (a third of a
+    # re-solve's time): finite data keep every step finite, so they are checked once here
+    if not (np.isfinite(qp.h).all() and np.isfinite(qp.e).all() and np.isfinite(qp.f).all()
+            and np.isfinite(qp.g).all() and np.isfinite(qp.d).all()
+            and np.isfinite(x0).all() and not np.isnan(qp.lb).any()
+            and not np.isnan(qp.ub).any()):
+        raise ActiveSetFailure("non-finite problem data")
     x = x0.astype(float, copy=True)
     ws = working.copy()
     limit = max_iter if max_iter is not None else MAX_ITER_FACTOR * (n + qp.g.shape[0]) + 10
@@ -143,16 +151,17 @@ def _equality_qp(qp: QP, ws: WorkingSet) -> tuple[np.ndarray, _Multipliers]:
     except np.linalg.LinAlgError as exc:
         raise ActiveSetFailure("free block of H is not positive definite") from exc
     # x_F = H_FF^-1 (rhs - C_F' lam), C_F x_F = r_F  =>  (K'K) lam = K'u - r_F, K = L^-1 C_F'
-    k = solve_triangular(chol, c_f.T, lower=True)
-    u = solve_triangular(chol, rhs, lower=True)
+    k = _solve_triangular(chol, c_f.T, lower=True)
+    u = _solve_triangular(chol, rhs, lower=True)
     lam = np.zeros(c.shape[0])
     if c.shape[0]:
         try:
-            lam = cho_solve(cho_factor(k.T @ k), k.T @ u - r_f)
+            lam = cho_solve(cho_factor(k.T @ k, check_finite=False), k.T @ u - r_f,
+                            check_finite=False)
         except np.linalg.LinAlgError as exc:
             raise ActiveSetFailure("working set is linearly dependent") from exc
     x_new = xf.copy()
-    x_new[free] = solve_triangular(chol.T, u - k @ lam, lower=False)
+    x_new[free] = _solve_triangular(chol.T, u - k @ lam, lower=False)
     # stationarity on the fixed variables gives their bound multipliers:
     # H x + C'lam - nu_lb + nu_ub = 0
     grad = qp.h @ x_new + c.T @ lam
@@ -162,6 +171,23 @@ def _equality_qp(qp: QP, ws: WorkingSet) -> tuple[np.ndarray, _Multipliers]:
     nu_lb = np.where(ws.at_lb, grad, 0.0)
     nu_ub = np.where(ws.at_ub, -grad, 0.0)
     return x_new, _Multipliers(eq=lam[:me], rows=rows, lb=nu_lb, ub=nu_ub)
+
+
+def _solve_triangular(a: np.ndarray, b: np.ndarray, lower: bool) -> np.ndarray:
+    """`scipy.linalg.solve_triangular(a, b, lower=lower, check_finite=False)` for float64
+    data: the same LAPACK call (dtrtrs, on `a` or on its transpose as scipy picks by memory
+    order), without the wrappers that cost ten times the 6x6 solve itself."""
+    if b.size == 0:
+        return np.empty_like(b, dtype=np.float64)
+    if a.flags.f_contiguous:
+        x, info = dtrtrs(a, b, lower=lower, trans=0)
+    else:  # dtrtrs expects Fortran order: solve the transposed system, as scipy does
+        x, info = dtrtrs(a.T, b, lower=not lower, trans=1)
+    if info > 0:  # scipy's errors, so a caller sees what it saw before
+        raise np.linalg.LinAlgError(f"singular matrix: resolution failed at diagonal {info-1}")
+    if info < 0:
+        raise ValueError(f"illegal value in {-info}-th argument of internal trtrs")
+    return x
 
 
 def _ratio_test(qp: QP, x: np.ndarray, p: np.ndarray, ws: WorkingSet

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,7 +35,8 @@ from risk.vol_target import VolTargetConfig
 METHODS = methods.METHODS
 RISK_MEASURES = methods.RISK_MEASURES
 __all__ = ["METHODS", "RISK_MEASURES", "Allocation", "AllocationConfig", "InsufficientHistory",
-           "SolveError", "fallback_equal_weight", "periods_per_year", "solve", "summarise"]
+           "ReturnsWindow", "SolveError", "fallback_equal_weight", "periods_per_year", "solve",
+           "summarise"]
 
 
 @dataclass(frozen=True)
@@ -136,27 +139,69 @@ def periods_per_year(interval_s: int) -> float:
     return 365.0 * 86_400.0 / interval_s
 
 
-def validate_returns(returns: pd.DataFrame, min_bars: int = 2) -> None:
-    if returns.shape[1] == 0:
+@dataclass(frozen=True)
+class ReturnsWindow:
+    """Bar returns without pandas: `values` (bars x assets) laid out as a DataFrame's
+    `to_numpy()` is (column-major), so every reduction and product over it adds in the same
+    order and the solve's floats are the same as from the frame; `index` labels the rows
+    (bar times). The rebalancer builds one per solve from its ring buffer
+    (`CloseHistory.window`); a DataFrame costs more to build than a solve's estimators."""
+
+    values: np.ndarray
+    assets: tuple[str, ...]
+    index: Sequence[Any]
+
+    @classmethod
+    def of(cls, returns: pd.DataFrame | ReturnsWindow) -> ReturnsWindow:
+        if isinstance(returns, ReturnsWindow):
+            return returns
+        return cls(returns.to_numpy(dtype=float), tuple(str(c) for c in returns.columns),
+                   returns.index)
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def tail(self, bars: int) -> ReturnsWindow:
+        """The last `bars` rows (a view, as `iloc[-bars:]` is)."""
+        if bars >= len(self):
+            return self
+        return ReturnsWindow(self.values[-bars:], self.assets, self.index[-bars:])
+
+    def span(self) -> tuple[str, str] | None:
+        """First and last row label, as `str` of a DataFrame's index gives them."""
+        if not len(self):
+            return None
+        first, last = self.index[0], self.index[-1]
+        return (str(pd.Timestamp(first) if isinstance(first, datetime) else first),
+                str(pd.Timestamp(last) if isinstance(last, datetime) else last))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.values, index=list(self.index), columns=list(self.assets))
+
+
+def validate_returns(returns: pd.DataFrame | ReturnsWindow, min_bars: int = 2) -> None:
+    window = ReturnsWindow.of(returns)
+    values = window.values
+    if values.shape[1] == 0:
         raise SolveError("no assets")
-    if returns.shape[0] < max(min_bars, 2):
-        raise InsufficientHistory(needed=max(min_bars, 2), got=int(returns.shape[0]))
-    values = returns.to_numpy(dtype=float)
-    if not np.isfinite(values).all():
-        bad = returns.columns[~np.isfinite(values).all(axis=0)].tolist()
+    if values.shape[0] < max(min_bars, 2):
+        raise InsufficientHistory(needed=max(min_bars, 2), got=int(values.shape[0]))
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad = [a for a, ok in zip(window.assets, finite.all(axis=0).tolist(), strict=True)
+               if not ok]
         raise SolveError(f"non-finite returns in {bad}")
 
 
-def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
+def solve(returns: pd.DataFrame | ReturnsWindow, cfg: AllocationConfig, interval_s: int,
           previous: dict[str, float] | None = None) -> Allocation:
     started = time.perf_counter()
-    window = returns.iloc[-cfg.lookback_bars:]
+    window = ReturnsWindow.of(returns).tail(cfg.lookback_bars)
     validate_returns(window, cfg.min_history_bars)
     ppy = periods_per_year(interval_s)
     notes: list[str] = []
-    est = _estimates(window, cfg, notes)
-    lc = cons.build([str(c) for c in window.columns], cfg.constraints, cfg.min_weight,
-                    cfg.max_weight)
+    est = _estimates(window.values, cfg, notes)
+    lc = cons.build(list(window.assets), cfg.constraints, cfg.min_weight, cfg.max_weight)
     capped = cons.caps_below_budget(lc)
     reason = None if capped else cons.precheck(lc)
     if reason:
@@ -170,9 +215,10 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
         w = lc.hi.copy()
         lc = replace(lc, budget=float(w.sum()))
     else:
-        w = solver_cache.try_solve(window, est, cfg, lc, ppy) if cfg.use_solver_cache else None
+        w = solver_cache.try_solve(window.values, est, cfg, lc, ppy) \
+            if cfg.use_solver_cache else None
         if w is None:
-            w = methods.weights_for(window, est, cfg, lc, ppy)
+            w = methods.weights_for(window.frame(), est, cfg, lc, ppy)
         else:
             notes.append("solver_cache")
     w = _snap(w, lc)
@@ -182,7 +228,7 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
 
     lev = 1.0
     if cfg.vol_target.enabled:
-        w, lev, realised = vol_target.apply(w, window.to_numpy(dtype=float), ppy, cfg.vol_target)
+        w, lev, realised = vol_target.apply(w, window.values, ppy, cfg.vol_target)
         notes.append(f"vol_target: realised {realised:.4f}, leverage {lev:.4f}")
     if cfg.sizing.mode != "none":  # last: its per-asset caps must hold on the final weights
         edge = est.mu - cfg.risk_free_rate / ppy  # Kelly bets on the excess return per bar
@@ -197,7 +243,7 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
             if frac < 1.0:
                 notes.append(f"turnover cap: moved {frac:.4f} of the way to the target")
         moved = cons.turnover(weights, previous)
-    span = (str(window.index[0]), str(window.index[-1]))
+    span = window.span()
     stats_w = np.array([weights.get(a, 0.0) for a in lc.assets])
     alloc = summarise(weights, est.mu, est.cov, interval_s, time.perf_counter() - started,
                       tuple(notes), rf=cfg.risk_free_rate, stats_weights=stats_w)
@@ -205,7 +251,7 @@ def solve(returns: pd.DataFrame, cfg: AllocationConfig, interval_s: int,
                  cash=1.0 - sum(weights.values()), turnover=moved)
 
 
-def _estimates(window: pd.DataFrame, cfg: AllocationConfig, notes: list[str]) -> Estimates:
+def _estimates(window: np.ndarray, cfg: AllocationConfig, notes: list[str]) -> Estimates:
     est = estimate(window, cfg.estimators)
     if not np.isfinite(est.cov).all() or not np.isfinite(est.mu).all():
         raise SolveError("estimators produced non-finite mean or covariance")

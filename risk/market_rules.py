@@ -172,6 +172,33 @@ def _on_decimal_grid(value: float, step: float) -> bool:
 def _quantise(value: float, step: float, rounding: str) -> float:
     if not math.isfinite(value) or step <= 0:
         return value
+    if rounding == ROUND_DOWN and type(value) is float:
+        floor = _floor_on_decimal_grid(value, step)
+        if floor is not None:
+            return floor
+    return _quantise_decimal(value, step, rounding)
+
+
+def _floor_on_decimal_grid(value: float, step: float) -> float | None:
+    """`_quantise(value, step, ROUND_DOWN)` for a power-of-ten step 10**-k without Decimal
+    (every lot size the planner floors goes through here, a dozen per rebalance): the rule
+    divides `Decimal(repr(value))` exactly by the step, drops the fraction towards zero and
+    multiplies back, which is `repr(value)` cut after k decimals; the float of that text is
+    the float of that Decimal. None when the repr has an exponent or too many digits for
+    Decimal's 28: the rule decides."""
+    k = _grid_decimals(step)
+    if k is None:
+        return None
+    r = repr(value)
+    if "e" in r:
+        return None
+    whole, _, frac = r.partition(".")
+    if len(whole) + k > 26:
+        return None
+    return float(f"{whole}.{frac[:k]}") if k else float(whole)
+
+
+def _quantise_decimal(value: float, step: float, rounding: str) -> float:
     d_step = _decimal(step)
     units = (Decimal(repr(value)) / d_step).quantize(_ONE, rounding=rounding)
     return float(units * d_step)

@@ -68,7 +68,7 @@ def kind_for(cfg: AllocationConfig, lc: LinearConstraints) -> str | None:
     return None
 
 
-def try_solve(returns: pd.DataFrame, est: Estimates, cfg: AllocationConfig,
+def try_solve(returns: pd.DataFrame | np.ndarray, est: Estimates, cfg: AllocationConfig,
               lc: LinearConstraints, ppy: float) -> np.ndarray | None:
     kind = kind_for(cfg, lc)
     if kind is None:
@@ -77,7 +77,7 @@ def try_solve(returns: pd.DataFrame, est: Estimates, cfg: AllocationConfig,
     if kind == "mv_sharpe" and not np.any(est.mu - rf > 0):
         return None  # riskfolio-lib switches formulation when no asset beats rf: let it
     try:
-        return solve_kind(kind, returns.to_numpy(dtype=float), est.mu, est.cov, lc, rf=rf,
+        return solve_kind(kind, np.asarray(returns, dtype=float), est.mu, est.cov, lc, rf=rf,
                           alpha=cfg.cvar_alpha)
     except SolveError:
         return None  # the cache only accelerates: riskfolio-lib gets the final word
