@@ -145,10 +145,15 @@ def relax_loss_limits(cfg: Any) -> Any:
 
 
 def old_paths(daemon: Any) -> None:
-    """The paths before the inline lockstep: publish every event then `settle()`, and the
-    rebalancer's full `decide` on every halted bar."""
+    """The switchable fast paths off: publish every event then `settle()`, the rebalancer's
+    full `decide` on every bar (no halted or within-bands shortcut), solves in a worker
+    thread instead of inline (tests/test_replay_lockstep.py: the same calls either way)."""
+    from daemon.solver import SolverPool
+
     daemon.bus.inline_lockstep = False
     daemon.rebalancer._halted_repeat = lambda exempt: False
+    daemon.rebalancer.shortcuts = False
+    daemon.solver = daemon.rebalancer.solver = SolverPool("thread")
 
 
 def ab(rounds: int) -> str:

@@ -132,7 +132,7 @@ def build_venue(cfg: Config) -> Venue:
 class Daemon:
     def __init__(self, cfg: Config, *, feed: BarFeed | None = None, venue: Venue | None = None,
                  solve_fn: Callable[..., Any] | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, solver: SolverPool | None = None) -> None:
         self.cfg = cfg
         self.feed = feed or build_feed(cfg)
         self.symbols = list(cfg.market.symbols)
@@ -146,7 +146,8 @@ class Daemon:
         self.gate = RiskGate(self.bus, cfg.risk, symbols=self.symbols, portfolio=self.portfolio,
                              oms=self.oms, markets=self.venue.markets, journal=self.journal,
                              interval_s=cfg.market.interval_s)
-        self.solver = SolverPool(cfg.rebalance.solver, cfg.rebalance.solve_timeout_s)
+        # a replay passes an inline one (daemon/solver.py)
+        self.solver = solver or SolverPool(cfg.rebalance.solver, cfg.rebalance.solve_timeout_s)
         extra = {"solve_fn": solve_fn} if solve_fn is not None else {}
         self.rebalancer = Rebalancer(
             self.bus, self.portfolio, self.oms, self.journal, self.symbols,
@@ -205,7 +206,7 @@ class Daemon:
         self.resume_after = getattr(self.venue, "last_bar_ts", None)
         self.feed = resume_feed(self.feed, self.resume_after,
                                 warm=self.cfg.allocation.lookback_bars + 1)
-        if self.cfg.rebalance.solver == "process":
+        if self.solver.kind == "process":
             await self.solver.warm_up()
         await self.bus.start()
         for service in self.services:

@@ -278,9 +278,10 @@ def prepare_state_dir(out_dir: Path, live_state: Path) -> Path:
 
 
 def replay_config(cfg: Any, req: ReplayRequest, feed: ReplayFeed, state: Path) -> Any:
-    """The config as replayed: replay source, the data's interval, an isolated state dir and an
-    in-thread solver (lockstep waits for every solve, so a worker process would only add its
-    start-up and the pickling of every window; the solve function is the same)."""
+    """The config as replayed: replay source, the data's interval, an isolated state dir and the
+    thread solver. `prepare` hands the daemon an inline `SolverPool` all the same: lockstep
+    waits for every solve, so a worker would only add its hand-over (a process also its
+    start-up and the pickling of every window); the solve function is the same."""
     from daemon.config import INTERVALS
 
     label = next((k for k, v in INTERVALS.items() if v == feed.interval_s), None)
@@ -332,6 +333,7 @@ def prepare(cfg: Any, req: ReplayRequest, *,
     from adapters.paper import PaperVenue
     from daemon.app import Daemon
     from daemon.journal import Journal
+    from daemon.solver import SolverPool
 
     random.seed(req.seed)
     np.random.seed(req.seed)
@@ -345,7 +347,8 @@ def prepare(cfg: Any, req: ReplayRequest, *,
     # the paper venue's own books in memory (state_path None): its SQLite writes every bar
     # are for surviving a restart, which a replay never does; the journal keeps the orders
     venue = PaperVenue(rcfg.venue.paper, list(feed.symbols), rcfg.market.quote, state_path=None)
-    daemon = Daemon(rcfg, feed=feed, journal=journal, venue=venue)
+    daemon = Daemon(rcfg, feed=feed, journal=journal, venue=venue,
+                    solver=SolverPool("inline", rcfg.rebalance.solve_timeout_s))
     rng = getattr(daemon.oms, "_rng", None)
     if isinstance(rng, random.Random):
         # the OMS's retry jitter: the paper venue never asks for a retry, seeded all the same

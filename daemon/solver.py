@@ -4,6 +4,9 @@ A process pool by default: cvxpy and riskfolio-lib hold the GIL for long stretch
 thread would stall the loop (bars, fills, heartbeats). The single worker process keeps its
 imports and any warm solver state between solves. On timeout the worker is replaced, because a
 running solve cannot be interrupted any other way.
+
+"inline" runs the solve in the caller's thread, without a timeout: only for a lockstep replay,
+which waits for every solve anyway; a worker would add only its hand-over.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def _warm() -> bool:
 
 
 class SolverPool:
-    def __init__(self, kind: Literal["process", "thread"] = "process",
+    def __init__(self, kind: Literal["process", "thread", "inline"] = "process",
                  timeout_s: float = 60.0) -> None:
         self.kind = kind
         self.timeout_s = timeout_s
@@ -60,9 +63,11 @@ class SolverPool:
         await asyncio.get_running_loop().run_in_executor(self._pool(), _warm)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool(), fn, *args)
         try:
+            if self.kind == "inline":
+                return fn(*args)
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._pool(), fn, *args)
             return await asyncio.wait_for(future, self.timeout_s)
         except TimeoutError:
             self._discard()

@@ -1,6 +1,7 @@
 """The replay's fast paths change speed only: the bus's inline lockstep (`publish_settled`
-running the handlers in the pump's task) and the rebalancer's halted shortcut
-(`_halted_repeat`) against publish-then-settle and the full `decide`, on real hourly data.
+running the handlers in the pump's task), the rebalancer's shortcuts (`_halted_repeat`, the
+within-bands skip) and the inline solver against publish-then-settle, the full `decide` and
+solves in a worker thread, on real hourly data.
 
 Equal fingerprints (`daemon.fingerprint`: every handler call of every subscriber, in order,
 with every order, approval, refusal, fill, target and state change field by field), equal
@@ -19,6 +20,7 @@ from daemon.config import Config, load_config
 from daemon.fingerprint import Fingerprint
 from daemon.logs import configure
 from daemon.replay import ReplayRequest, build_metrics, dumps_metrics, execute, prepare
+from daemon.solver import SolverPool
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BNB/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT"]
@@ -57,6 +59,9 @@ def run(cfg: Config, data: Path, out: Path, start: str, end: str, *,
         else:
             daemon.bus.inline_lockstep = False
             daemon.rebalancer._halted_repeat = lambda exempt: False
+            daemon.rebalancer.shortcuts = False
+            # solves in a worker thread, as `tradingd run` with solver = "thread" does
+            daemon.solver = daemon.rebalancer.solver = SolverPool("thread")
         fp = Fingerprint()
         fp.attach(daemon.bus)
         result = asyncio.run(execute(prepared))
