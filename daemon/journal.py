@@ -198,6 +198,7 @@ class Journal:
         self._db.executescript(SCHEMA)
         self._migrate()
         self._batch_intents: set[str] = set()  # intents written since the last commit
+        self._batch_rows = False  # records written since the last commit
         self._commit_scheduled = False
         self._lost: BaseException | None = None  # see JournalBatchLost
         self._closed = False
@@ -229,14 +230,14 @@ class Journal:
             self._check_batch(exc)
             raise
         self._batch_intents.clear()
+        self._batch_rows = False
 
     def make_durable(self, client_order_id: str) -> None:
         """Commit now if this order's intent is still in the open batch: called before the
         order goes to the venue. Raises if the intent was never committed and never will be."""
         if client_order_id in self._batch_intents:
             self.commit()
-        if self._lost is not None:
-            raise JournalBatchLost(f"journal writes were rolled back: {self._lost}")
+        self._check_open()
 
     def _commit_soon(self) -> None:
         self._commit_scheduled = False
@@ -248,11 +249,20 @@ class Journal:
             log.error("journal_commit_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _check_batch(self, exc: BaseException) -> None:
-        """After an error: if SQLite rolled the whole transaction back, the batch is gone."""
-        if not self._db.in_transaction and self._batch_intents:
+        """After an error: if SQLite rolled the whole transaction back (it may, on a full disk
+        or an I/O error), the batch is gone, and with it rows the process has acted on."""
+        if not self._db.in_transaction and self._batch_rows:
             self._lost = exc
             self._batch_intents.clear()
+            self._batch_rows = False
             log.error("journal_batch_lost", error=f"{type(exc).__name__}: {exc}")
+
+    def _check_open(self) -> None:
+        """Raise JournalBatchLost if a batch was lost, now or before."""
+        if self._batch_rows and not self._db.in_transaction:  # rolled back behind our back
+            self._check_batch(sqlite3.OperationalError("the open transaction was rolled back"))
+        if self._lost is not None:
+            raise JournalBatchLost(f"journal writes were rolled back: {self._lost}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -265,8 +275,7 @@ class Journal:
     def _batched(self) -> Iterator[sqlite3.Connection]:
         """One record's writes, atomic, left in the open batch for a later commit (module
         doc); committed at once when no event loop runs."""
-        if self._lost is not None:
-            raise JournalBatchLost(f"journal writes were rolled back: {self._lost}")
+        self._check_open()
         db = self._db
         if db.in_transaction:
             # the batch holds other records: undo only this one if it fails
@@ -282,6 +291,7 @@ class Journal:
                 self._check_batch(exc)
                 raise
             db.execute("RELEASE record")
+            self._batch_rows = True
             return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -291,8 +301,10 @@ class Journal:
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")  # this record is all the transaction holds
+            if db.in_transaction:  # SQLite may have rolled back already
+                db.execute("ROLLBACK")  # this record is all the transaction holds
             raise
+        self._batch_rows = True
         if loop is None:
             self.commit()
         elif not self._commit_scheduled:

@@ -55,7 +55,7 @@ from daemon.events import (
     Side,
     utcnow,
 )
-from daemon.journal import Journal, OrderRow, OrderUpdate
+from daemon.journal import Journal, JournalBatchLost, OrderRow, OrderUpdate
 from daemon.order_state import TERMINAL, OrderState, allowed, from_venue_status
 
 log = structlog.get_logger("oms")
@@ -273,6 +273,12 @@ class OMS:
         async with order.lock:
             try:
                 await self._submit(order)
+            except JournalBatchLost as exc:
+                # the journal cannot hold this order, so it was not sent, and it cannot record
+                # anything else either: stop trading; a restart starts from what it committed
+                self.halt(f"JOURNAL_WRITES_LOST {exc}")
+                log.error("send_failed", client_order_id=order.client_order_id,
+                          error=f"{type(exc).__name__}: {exc}", sent=False)
             except Exception as exc:  # a bug: whatever happened, the venue may have the order
                 log.error("send_failed", client_order_id=order.client_order_id,
                           error=f"{type(exc).__name__}: {exc}", exc_info=exc)

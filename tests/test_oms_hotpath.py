@@ -248,8 +248,24 @@ async def test_a_lost_batch_stops_every_send(rig: Rig) -> None:
     await rig.oms.on_approved(OrderApproved(intent("a"), T0))
     await rig.bus.settle()
     assert submitted == []  # its intent never reached the disk: never sent
+    assert rig.oms.halted_reason is not None and "JOURNAL_WRITES_LOST" in rig.oms.halted_reason
     rig.journal._db = real  # type: ignore[assignment]
     with pytest.raises(JournalBatchLost):
         rig.journal.record_intent(intent("b"), "PENDING_NEW", T0)
     assert rig.committed("SELECT COUNT(*) FROM orders") == [(0,)]
     assert rig.paper.orders() == []
+
+
+async def test_a_batch_of_fills_lost_stops_the_journal(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    journal.record_intent(intent("a"), "PENDING_NEW", T0)
+    journal.make_durable("a")
+    fill = Fill("a", "P1", "t1", "BTC/USDT", Side.BUY, 0.1, 100.0, 0.1, T0)
+    assert journal.record_fill(fill, OrderUpdate("FILLED", 0.1, 100.0), at=T0)
+    journal._db.execute("ROLLBACK")  # as SQLite does on some I/O errors
+    # the fill was published; booking it again when a query finds it would count it twice
+    with pytest.raises(JournalBatchLost):
+        journal.record_fill(fill, OrderUpdate("FILLED", 0.1, 100.0), at=T0, source="query")
+    with pytest.raises(JournalBatchLost):
+        journal.make_durable("b")
+    journal.close()
