@@ -1,8 +1,8 @@
 """The order journal: SQLite, WAL mode, one file in the state directory.
 
-An order is committed here before it is sent; every venue answer and every fill is committed as
-it arrives. Fills are keyed by the venue's trade id, so a fill reported twice (REST poll and
-stream) is stored once.
+An order is committed here before it is sent; every venue answer and every fill is journaled as
+it arrives and committed with the next group commit (below). Fills are keyed by the venue's
+trade id, so a fill reported twice (REST poll and stream) is stored once.
 
 Durability: WAL with `synchronous=FULL`. In WAL mode NORMAL already survives a killed process,
 but may lose the last commits on power loss or a kernel crash; an order we sent but forgot is
@@ -20,7 +20,9 @@ journal as it stood at its last commit, a state a crash could always leave. An o
 the venue only once its intent row, and so every row before it, is committed; a cancel only
 once every row is. What a crash loses was learned from the venue after the last commit (an
 answer, a fill) or changed nothing at the venue, and start-up reconciliation settles it with
-the venue as after any crash. Without a running event loop every write commits at once.
+the venue as after any crash. Without a running event loop every write commits at once. If
+SQLite ever rolls a batch back (a failed commit, an I/O error), the process has acted on rows
+the journal no longer holds: every later write and send raises JournalBatchLost.
 
 Besides orders and fills it keeps what a restart needs to trust its own view: the account's
 opening balances (positions are opening balances plus journaled fills, nothing else), the
