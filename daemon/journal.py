@@ -201,7 +201,9 @@ class Journal:
         self._migrate()
         self._batch_intents: set[str] = set()  # intents written since the last commit
         self._batch_rows = False  # records written since the last commit
-        self._commit_scheduled = False
+        # the loop a `_commit_soon` is pending on; a journal outliving its loop (tests) would
+        # otherwise wait for a callback that never runs
+        self._commit_loop: asyncio.AbstractEventLoop | None = None
         self._lost: BaseException | None = None  # see JournalBatchLost
         self._closed = False
         self._last_ts: tuple[datetime | None, str] = (None, "")  # _ts of the last bar time
@@ -242,7 +244,7 @@ class Journal:
         self._check_open()
 
     def _commit_soon(self) -> None:
-        self._commit_scheduled = False
+        self._commit_loop = None
         if self._closed:
             return
         try:
@@ -309,8 +311,8 @@ class Journal:
         self._batch_rows = True
         if loop is None:
             self.commit()
-        elif not self._commit_scheduled:
-            self._commit_scheduled = True
+        elif self._commit_loop is not loop:
+            self._commit_loop = loop
             loop.call_soon(self._commit_soon)
 
     def _bar_ts(self, dt: datetime) -> str:

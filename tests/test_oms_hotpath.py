@@ -147,7 +147,8 @@ async def test_each_order_is_committed_before_the_venue_sees_it(rig: Rig) -> Non
             "SELECT state FROM orders WHERE client_order_id = ?", order.client_order_id)))
 
     rig.venue.before_submit = check
-    rig.journal._commit_scheduled = True  # no commit at the loop's turn: only make_durable's
+    # no commit at the loop's turn (it looks pending already): only make_durable's
+    rig.journal._commit_loop = asyncio.get_running_loop()
     await rig.send(*(intent(f"a{k}") for k in range(8)))
     assert seen == [(f"a{k}", [("PENDING_NEW",)]) for k in range(8)]
 
@@ -268,4 +269,22 @@ async def test_a_batch_of_fills_lost_stops_the_journal(tmp_path: Path) -> None:
         journal.record_fill(fill, OrderUpdate("FILLED", 0.1, 100.0), at=T0, source="query")
     with pytest.raises(JournalBatchLost):
         journal.make_durable("b")
+    journal.close()
+
+
+def test_a_journal_outliving_its_event_loop_still_commits_in_the_next(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    # as if a loop had closed with this journal's commit still pending on it
+    stale = asyncio.new_event_loop()
+    stale.close()
+    journal._commit_loop = stale
+
+    async def write_and_turn() -> None:
+        journal.record_intent(intent("b"), "PENDING_NEW", T0)
+        await asyncio.sleep(0)
+
+    asyncio.run(write_and_turn())
+    other = sqlite3.connect(tmp_path / "j.sqlite")
+    assert other.execute("SELECT client_order_id FROM orders").fetchall() == [("b",)]
+    other.close()
     journal.close()
