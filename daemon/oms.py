@@ -1,8 +1,10 @@
 """The order management system: approved intents in, venue orders out, fills back.
 
 Write-ahead: an order is committed to the journal as PENDING_NEW, with its deterministic client
-order id, before the venue is called; the venue's answer and every fill are committed as they
-arrive, a fill and its order's new quantity in one transaction.
+order id, before the venue is called; the venue's answer and every fill are journaled as they
+arrive, a fill and its order's new quantity atomically. Rows join the journal's open batch and
+commit together (daemon/journal.py, "Group commit"): `make_durable` before every venue request
+that places or cancels an order, else when the event loop next gets round to it.
 
 Sends run as tracked background tasks (`bus.track`), one per order, so one order's backoff
 never stalls another order or the OMS's inbox. Everything the OMS says to the venue about one
@@ -20,12 +22,12 @@ the same id. Nothing is resent without that proof.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import islice
 from typing import Any, Literal
 
 import structlog
@@ -41,6 +43,7 @@ from adapters.venue import (
     VenueOrder,
     VenueTrade,
 )
+from daemon import logs
 from daemon.bus import EventBus
 from daemon.events import (
     Fill,
@@ -52,8 +55,8 @@ from daemon.events import (
     Side,
     utcnow,
 )
-from daemon.journal import Journal, OrderRow, OrderUpdate
-from daemon.order_state import OrderState, allowed, from_venue_status
+from daemon.journal import Journal, JournalBatchLost, OrderRow, OrderUpdate
+from daemon.order_state import TERMINAL, OrderState, allowed, from_venue_status
 
 log = structlog.get_logger("oms")
 S = OrderState
@@ -145,7 +148,7 @@ class OMS:
         self.clock = clock
         self.orders: dict[str, WorkingOrder] = {}
         self._live: dict[str, WorkingOrder] = {}  # working()'s shortlist, see there
-        self._indexed = 0  # how many of self.orders the shortlist has taken in
+        self._added = 0  # orders put in self.orders by _add; another count means a rebuild
         self.halted_reason: str | None = None
         # Fill events sent to the bus; the app counts those the portfolio has booked, and the
         # rebalancer waits while the two differ (cash is not what it looks like yet)
@@ -177,18 +180,25 @@ class OMS:
         # A terminal order never works again (order_state: no transition leaves FILLED,
         # CANCELLED, REJECTED or EXPIRED), so a shortlist of possibly-working orders replaces a
         # walk over every order ever sent: a long replay sends tens of thousands and asks
-        # several times a bar. Orders are only added to self.orders, under new ids; those
-        # added since the last call are taken in by position (dicts keep insertion order).
+        # several times a bar. `_add` puts each new order on it as it enters self.orders. If
+        # self.orders was changed behind _add's back (its size differs from what _add counted),
+        # the shortlist is rebuilt from it, in its order.
         orders, live = self.orders, self._live
-        if len(orders) != self._indexed:
-            if len(orders) < self._indexed:  # something removed orders: take them all again
-                live.clear()
-                self._indexed = 0
-            live.update(islice(orders.items(), self._indexed, None))
-            self._indexed = len(orders)
-        for cid in [cid for cid, o in live.items() if not o.state.working]:
+        if len(orders) != self._added:
+            live.clear()
+            live.update((cid, o) for cid, o in orders.items() if o.state.working)
+            self._added = len(orders)
+        done = [cid for cid, o in live.items() if o.state in TERMINAL]
+        for cid in done:
             del live[cid]
         return list(live.values())
+
+    def _add(self, order: WorkingOrder) -> None:
+        cid = order.client_order_id
+        if cid not in self.orders:
+            self._added += 1
+        self.orders[cid] = order
+        self._live[cid] = order
 
     def working_quantity(self) -> dict[str, float]:
         """Signed quantity still to trade per symbol: drift must count it, or the daemon
@@ -227,7 +237,7 @@ class OMS:
         order = WorkingOrder(intent=intent, state=OrderState(row.state),
                              created_at=row.created_at, venue_order_id=row.venue_order_id,
                              filled=row.filled, average_price=row.average_price)
-        self.orders[row.client_order_id] = order
+        self._add(order)
         return order
 
     # -- sending --------------------------------------------------------------------------
@@ -244,7 +254,7 @@ class OMS:
             log.warning("order_already_journaled", client_order_id=intent.client_order_id)
             return
         order = WorkingOrder(intent=intent, state=S.PENDING_NEW, created_at=now)
-        self.orders[intent.client_order_id] = order
+        self._add(order)
         self._spawn(self._send(order), f"send:{intent.client_order_id}")
 
     def _refusal(self) -> str | None:
@@ -263,6 +273,12 @@ class OMS:
         async with order.lock:
             try:
                 await self._submit(order)
+            except JournalBatchLost as exc:
+                # the journal cannot hold this order, so it was not sent, and it cannot record
+                # anything else either: stop trading; a restart starts from what it committed
+                self.halt(f"JOURNAL_WRITES_LOST {exc}")
+                log.error("send_failed", client_order_id=order.client_order_id,
+                          error=f"{type(exc).__name__}: {exc}", sent=False)
             except Exception as exc:  # a bug: whatever happened, the venue may have the order
                 log.error("send_failed", client_order_id=order.client_order_id,
                           error=f"{type(exc).__name__}: {exc}", exc_info=exc)
@@ -285,6 +301,7 @@ class OMS:
                 self._reject(order, f"TRADING_HALTED reason={self.halted_reason} (not sent)")
                 return
             order.attempts += 1
+            self.journal.make_durable(order.client_order_id)  # write-ahead: never unjournaled
             try:
                 view = await self.venue.submit(self._request(order))
             except AuthenticationVenueError as exc:
@@ -462,7 +479,7 @@ class OMS:
         self.journal.record_state(view.client_order_id, S.ACCEPTED, now,
                                   venue_order_id=view.venue_order_id, filled=view.filled,
                                   average_price=view.average_price, reason=intent.reason)
-        self.orders[view.client_order_id] = order
+        self._add(order)
         self.on_venue_order(view)
         return order
 
@@ -484,6 +501,7 @@ class OMS:
             if order.state not in (S.ACCEPTED, S.PARTIALLY_FILLED):
                 return
             self._set_state(order, S.PENDING_CANCEL, reason=reason)
+            self.journal.commit()  # the venue never learns more than the journal holds
             try:
                 view = await self.venue.cancel(client_order_id, order.intent.symbol)
             except VenueError as exc:
@@ -614,9 +632,10 @@ class OMS:
             order.venue_order_id = order.venue_order_id or trade.venue_order_id
             if new is not None:
                 order.state = new
-                log.info("order_state", client_order_id=trade.client_order_id, state=str(new),
-                         symbol=trade.symbol, side=str(trade.side), filled=total,
-                         trade_id=trade.trade_id)
+                if logs.enabled(logging.INFO):  # a logger is assembled per call (daemon.logs)
+                    log.info("order_state", client_order_id=trade.client_order_id,
+                             state=str(new), symbol=trade.symbol, side=str(trade.side),
+                             filled=total, trade_id=trade.trade_id)
                 if was is S.UNKNOWN and trade.client_order_id not in self._catching_up:
                     self._resolved_by_trade(order, was, trade)
             else:
@@ -645,6 +664,7 @@ class OMS:
         self.journal.record_state(order.client_order_id, new, self.clock(),
                                   venue_order_id=venue_order_id, filled=order.filled,
                                   average_price=order.average_price, reason=reason)
-        log.info("order_state", client_order_id=order.client_order_id, state=str(new),
-                 symbol=order.intent.symbol, side=str(order.intent.side),
-                 quantity=order.intent.quantity, filled=order.filled, reason=reason)
+        if logs.enabled(logging.INFO):  # a logger is assembled per call (daemon.logs)
+            log.info("order_state", client_order_id=order.client_order_id, state=str(new),
+                     symbol=order.intent.symbol, side=str(order.intent.side),
+                     quantity=order.intent.quantity, filled=order.filled, reason=reason)
