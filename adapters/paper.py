@@ -34,7 +34,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 
 from adapters.venue import (
@@ -136,8 +135,7 @@ class PaperVenue:
         self._rules: dict[str, MarketRules] = {}
         self._last: dict[str, float] = {}
         self._orders: dict[str, _Order] = {}
-        self._resting_list: dict[str, _Order] = {}  # _resting()'s shortlist, see there
-        self._indexed: tuple[int, int] = (0, 0)  # (id of the dict, orders taken in)
+        self._live: dict[str, _Order] = {}  # `_resting()`'s shortlist, see there
         self._trades: list[VenueTrade] = []
         self._trade_listeners: list[TradeListener] = []
         self._order_listeners: list[OrderListener] = []
@@ -226,6 +224,7 @@ class PaperVenue:
                               filled=r[6], average_price=r[7], status=r[8],
                               ts=datetime.fromisoformat(r[9]), limit_price=r[10])
             self._orders[view.client_order_id] = _Order(view=view, reserved_cash=r[11])
+        self._live = {cid: o for cid, o in self._orders.items() if o.view.status == "open"}
         self._trades = [
             VenueTrade(trade_id=r[1], client_order_id=r[2], venue_order_id=r[3], symbol=r[4],
                        side=Side(r[5]), quantity=r[6], price=r[7], fee=r[8],
@@ -235,16 +234,10 @@ class PaperVenue:
     def _resting(self) -> list[_Order]:
         """Open orders, oldest first. An order that left "open" never returns to it, so a
         shortlist replaces a walk over every order ever accepted (per bar, in a long replay:
-        tens of thousands). Orders are only added to `_orders` under new ids, or the dict is
-        rebuilt (`_load`); new ones are taken in by position."""
-        orders, live = self._orders, self._resting_list
-        ident, taken = self._indexed
-        if ident != id(orders) or len(orders) < taken:
-            live.clear()
-            taken = 0
-        if len(orders) != taken:
-            live.update(islice(orders.items(), taken, None))
-        self._indexed = (id(orders), len(orders))
+        tens of thousands). `_accept` adds each new order to it as it adds it to `_orders`
+        (the only place orders are added), `_load` rebuilds both; the orders that left "open"
+        since are dropped here."""
+        live = self._live
         for cid in [cid for cid, o in live.items() if o.view.status != "open"]:
             del live[cid]
         return list(live.values())
@@ -457,6 +450,7 @@ class PaperVenue:
                           limit_price=order.limit_price)
         placed = _Order(view=view, reserved_cash=reserve)
         self._orders[order.client_order_id] = placed
+        self._live[order.client_order_id] = placed
         with self._tx() as db:
             self._write_orders(db, [placed])
             self._write_submission(db, order, "accepted")
