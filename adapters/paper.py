@@ -335,6 +335,16 @@ class PaperVenue:
         if self.last_bar_ts is not None and ts <= self.last_bar_ts:
             self.stale_bars += len(bars)
             return
+        if self._defer_marks and not self._live and all(b.symbol in self._rules for b in bars):
+            # most bars of a replay: nothing rests, no market is new, so only the marks move
+            # (exactly what the general path below does with no order and no new market)
+            last = self._last
+            for bar in bars:
+                last[bar.symbol] = bar.close
+            self._dirty_closes.update(b.symbol for b in bars)
+            self.last_bar_ts = ts
+            self._dirty_bar_ts = True
+            return
         changed: dict[str, _Order] = {}
         resting = self._resting()
         reports: list[Report] = []
@@ -355,6 +365,7 @@ class PaperVenue:
                     reports.append(trade)
                 if order.view.status != "open":
                     reports.append(order.view)
+                    self._live.pop(order.view.client_order_id, None)
             self._last[bar.symbol] = bar.close
         self.last_bar_ts = ts
         if self._defer_marks and not changed and not new_markets:
@@ -496,6 +507,7 @@ class PaperVenue:
             self.cash += order.reserved_cash
             order.reserved_cash = 0.0
             order.view = replace(order.view, status="canceled", ts=self.last_bar_ts or utcnow())
+            self._live.pop(client_order_id, None)
             with self._tx() as db:
                 self._write_orders(db, [order])
                 self._write_account(db)

@@ -104,3 +104,17 @@ async def test_a_failed_accept_leaves_nothing_resting(tmp_path: Path) -> None:
     v.on_bars(bars(1))
     assert [t.client_order_id for t in await v.trades_since(T0)] == ["kept"]
     assert (await v.balances())["BTC"] == 1.0
+
+
+
+async def test_a_new_market_is_stored_at_once_while_nothing_rests() -> None:
+    v = PaperVenue(RICH, SYMBOLS, "USDT")
+    v.on_bars(bars(0)[:1])  # BTC only
+    v.on_bars(bars(1))  # ETH's first bar: a new market, not a quiet bar
+    assert sorted(v.markets()) == ["BTC/USDT", "ETH/USDT"]
+    assert v._db.execute("SELECT symbol, last_close FROM markets ORDER BY symbol").fetchall() \
+        == [("BTC/USDT", 100.0), ("ETH/USDT", 10.0)]
+    await v.submit(OrderRequest("e", "ETH/USDT", Side.BUY, OrderType.MARKET, 5.0))
+    v.on_bars(bars(2, eth=11.0))
+    assert [(t.client_order_id, t.price) for t in await v.trades_since(T0)] == [("e", 11.0)]
+
