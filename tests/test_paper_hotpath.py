@@ -106,6 +106,50 @@ async def test_a_failed_accept_leaves_nothing_resting(tmp_path: Path) -> None:
     assert (await v.balances())["BTC"] == 1.0
 
 
+async def stored_state(path: Path) -> tuple[object, ...]:
+    """What a venue restarted from `path` would know."""
+    again = PaperVenue(RICH, SYMBOLS, "USDT", state_path=path)
+    try:
+        return (await again.balances(), again.orders(), await again.trades_since(T0),
+                again.markets(), again.last_bar_ts, again.submissions(), again._seq)
+    finally:
+        await again.close()
+
+
+async def live_state(v: PaperVenue) -> tuple[object, ...]:
+    return (await v.balances(), v.orders(), await v.trades_since(T0), v.markets(),
+            v.last_bar_ts, v.submissions(), v._seq)
+
+
+async def test_the_file_matches_memory_after_every_operation_and_failure(
+        tmp_path: Path) -> None:
+    """Rows are written only where they changed: a failed transaction must not leave the
+    venue believing the store holds what it rolled back (the same position again after a
+    failed fill would then never be written)."""
+    path = tmp_path / "paper.sqlite"
+    v = PaperVenue(RICH, SYMBOLS, "USDT", state_path=path)
+    v.on_bars(bars(0))
+    assert await stored_state(path) == await live_state(v)
+    await v.submit(buy("a", qty=2.0))
+    await v.submit(OrderRequest("e", "ETH/USDT", Side.BUY, OrderType.MARKET, 5.0))
+    assert await stored_state(path) == await live_state(v)
+    add_trigger(path, "trades")
+    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
+        v.on_bars(bars(1))  # the fills' account rows and seq were written, then rolled back
+    drop_trigger(path, "trades")
+    assert await stored_state(path) == await live_state(v)
+    v.on_bars(bars(2))  # the same fills again: BTC 2, ETH 5, the same trade ids
+    assert (await v.balances())["BTC"] == 2.0
+    assert await stored_state(path) == await live_state(v)
+    await v.submit(OrderRequest("s", "BTC/USDT", Side.SELL, OrderType.MARKET, 2.0))
+    await v.submit(limit("rest", Side.BUY, 1.0, 50.0))
+    v.on_bars(bars(3))
+    assert await stored_state(path) == await live_state(v)
+    await v.cancel("rest", "BTC/USDT")
+    v.on_bars(bars(4))
+    assert await stored_state(path) == await live_state(v)
+    assert [o.status for o in v.orders()] == ["closed", "closed", "closed", "canceled"]
+
 
 async def test_a_new_market_is_stored_at_once_while_nothing_rests() -> None:
     v = PaperVenue(RICH, SYMBOLS, "USDT")
@@ -118,3 +162,15 @@ async def test_a_new_market_is_stored_at_once_while_nothing_rests() -> None:
     v.on_bars(bars(2, eth=11.0))
     assert [(t.client_order_id, t.price) for t in await v.trades_since(T0)] == [("e", 11.0)]
 
+
+async def test_a_fill_of_an_order_missing_from_the_file_writes_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "paper.sqlite"
+    v = PaperVenue(RICH, SYMBOLS, "USDT", state_path=path)
+    v.on_bars(bars(0))
+    await v.submit(buy("a", qty=1.0))
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM orders WHERE client_order_id = 'a'")  # a hand edit, say
+    db.commit()
+    db.close()
+    v.on_bars(bars(1))
+    assert await stored_state(path) == await live_state(v)
