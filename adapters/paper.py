@@ -258,8 +258,9 @@ class PaperVenue:
         """Open orders, oldest first. An order that left "open" never returns to it, so a
         shortlist replaces a walk over every order ever accepted (per bar, in a long replay:
         tens of thousands). `_accept` adds each new order to it as it adds it to `_orders`
-        (the only place orders are added), `_load` rebuilds both; the orders that left "open"
-        since are dropped here."""
+        (the only place orders are added), `_load` rebuilds both. A fill or a cancel drops
+        the order at once (an empty shortlist is `on_bars`'s quiet path); anything that left
+        "open" otherwise is dropped here."""
         live = self._live
         for cid in [cid for cid, o in live.items() if o.view.status != "open"]:
             del live[cid]
