@@ -26,6 +26,7 @@ open orders, trades, an order by id) answer at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import sqlite3
@@ -34,7 +35,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 
 from adapters.venue import (
@@ -115,8 +115,23 @@ class Submission:
 Report = VenueTrade | VenueOrder
 
 
+def _moved(v: VenueOrder, filled: float, average_price: float | None, status: str,
+           ts: datetime) -> VenueOrder:
+    """`dataclasses.replace(v, filled=..., average_price=..., status=..., ts=...)` at a
+    fraction of its cost (it is paid for every fill)."""
+    return VenueOrder(v.client_order_id, v.venue_order_id, v.symbol, v.side, v.order_type,
+                      v.quantity, filled, average_price, status, ts, v.limit_price)
+
+
+@functools.lru_cache(maxsize=256)
 def _ts(dt: datetime) -> str:
+    # memoised: one timestamp is written for every order and trade of its bar; equal instants
+    # in any zone give the same UTC text, so a hit is always the right answer
     return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _now() -> str:
+    return utcnow().isoformat(timespec="microseconds")  # already UTC; never repeats, so uncached
 
 
 class PaperVenue:
@@ -136,8 +151,7 @@ class PaperVenue:
         self._rules: dict[str, MarketRules] = {}
         self._last: dict[str, float] = {}
         self._orders: dict[str, _Order] = {}
-        self._resting_list: dict[str, _Order] = {}  # _resting()'s shortlist, see there
-        self._indexed: tuple[int, int] = (0, 0)  # (id of the dict, orders taken in)
+        self._live: dict[str, _Order] = {}  # `_resting()`'s shortlist, see there
         self._trades: list[VenueTrade] = []
         self._trade_listeners: list[TradeListener] = []
         self._order_listeners: list[OrderListener] = []
@@ -149,6 +163,10 @@ class PaperVenue:
         self._defer_marks = state_path is None
         self._dirty_closes: set[str] = set()
         self._dirty_bar_ts = False
+        # the account rows and seq as the store holds them (`_load` reads them back): a
+        # transaction writes only what differs, the store ends up the same
+        self._stored_account: dict[str, float] = {}
+        self._stored_seq: int | None = None
         if state_path is not None:
             state_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_path or ":memory:", isolation_level=None,
@@ -192,7 +210,7 @@ class PaperVenue:
             with self._tx() as db:
                 db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
                     ("symbols", json.dumps(self.symbols)), ("quote", self.quote),
-                    ("seq", "0"), ("created_at", _ts(utcnow()))])
+                    ("seq", "0"), ("created_at", _now())])
                 self._write_account(db)
             return
         if sorted(json.loads(stored)) != sorted(self.symbols) or self._meta("quote") != self.quote:
@@ -208,10 +226,13 @@ class PaperVenue:
 
     def _load(self) -> None:
         db = self._db
-        self._seq = int(self._meta("seq") or 0)
+        seq = self._meta("seq")
+        self._seq = int(seq or 0)
+        self._stored_seq = None if seq is None else int(seq)
         last = self._meta("last_bar_ts")
         self.last_bar_ts = datetime.fromisoformat(last) if last else None
         account = dict(db.execute("SELECT key, amount FROM account").fetchall())
+        self._stored_account = dict(account)
         self.cash = account.pop(CASH, self.cfg.initial_cash)
         self.positions = {s: account.get(s, 0.0) for s in self.symbols}
         self._rules, self._last = {}, {}
@@ -226,6 +247,7 @@ class PaperVenue:
                               filled=r[6], average_price=r[7], status=r[8],
                               ts=datetime.fromisoformat(r[9]), limit_price=r[10])
             self._orders[view.client_order_id] = _Order(view=view, reserved_cash=r[11])
+        self._live = {cid: o for cid, o in self._orders.items() if o.view.status == "open"}
         self._trades = [
             VenueTrade(trade_id=r[1], client_order_id=r[2], venue_order_id=r[3], symbol=r[4],
                        side=Side(r[5]), quantity=r[6], price=r[7], fee=r[8],
@@ -235,26 +257,27 @@ class PaperVenue:
     def _resting(self) -> list[_Order]:
         """Open orders, oldest first. An order that left "open" never returns to it, so a
         shortlist replaces a walk over every order ever accepted (per bar, in a long replay:
-        tens of thousands). Orders are only added to `_orders` under new ids, or the dict is
-        rebuilt (`_load`); new ones are taken in by position."""
-        orders, live = self._orders, self._resting_list
-        ident, taken = self._indexed
-        if ident != id(orders) or len(orders) < taken:
-            live.clear()
-            taken = 0
-        if len(orders) != taken:
-            live.update(islice(orders.items(), taken, None))
-        self._indexed = (id(orders), len(orders))
+        tens of thousands). `_accept` adds each new order to it as it adds it to `_orders`
+        (the only place orders are added), `_load` rebuilds both. A fill or a cancel drops
+        the order at once (an empty shortlist is `on_bars`'s quiet path); anything that left
+        "open" otherwise is dropped here."""
+        live = self._live
         for cid in [cid for cid, o in live.items() if o.view.status != "open"]:
             del live[cid]
         return list(live.values())
 
     def _write_account(self, db: sqlite3.Connection) -> None:
-        rows = [(CASH, self.cash), *self.positions.items()]
-        db.executemany("INSERT INTO account (key, amount) VALUES (?, ?) ON CONFLICT(key)"
-                       " DO UPDATE SET amount = excluded.amount", rows)
-        db.execute("INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key)"
-                   " DO UPDATE SET value = excluded.value", (str(self._seq),))
+        stored = self._stored_account
+        rows = [(k, v) for k, v in ((CASH, self.cash), *self.positions.items())
+                if stored.get(k) != v]
+        if rows:
+            db.executemany("INSERT INTO account (key, amount) VALUES (?, ?) ON CONFLICT(key)"
+                           " DO UPDATE SET amount = excluded.amount", rows)
+            stored.update(rows)  # a rollback reloads it from the store (`_load`)
+        if self._stored_seq != self._seq:
+            db.execute("INSERT INTO meta (key, value) VALUES ('seq', ?) ON CONFLICT(key)"
+                       " DO UPDATE SET value = excluded.value", (str(self._seq),))
+            self._stored_seq = self._seq
 
     def _write_orders(self, db: sqlite3.Connection, orders: Iterable[_Order]) -> None:
         db.executemany(
@@ -263,13 +286,33 @@ class PaperVenue:
               v.quantity, v.filled, v.average_price, v.status, _ts(v.ts), v.limit_price,
               o.reserved_cash) for o in orders for v in (o.view,)])
 
+    def _insert_order(self, db: sqlite3.Connection, o: _Order) -> None:
+        v = o.view  # `_write_orders` for one order, without executemany's overhead
+        db.execute("INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (v.client_order_id, v.venue_order_id, v.symbol, v.side.value,
+                    v.order_type.value, v.quantity, v.filled, v.average_price, v.status,
+                    _ts(v.ts), v.limit_price, o.reserved_cash))
+
+    def _update_orders(self, db: sqlite3.Connection, orders: list[_Order]) -> None:
+        """Store what a fill or a cancel changes of orders already stored. Every order in
+        memory is in the store (`_accept` writes it, `_load` reads it), and an UPDATE costs
+        half a REPLACE of the whole row; should a row be missing all the same, it is written
+        whole as before."""
+        cur = db.executemany(
+            "UPDATE orders SET filled = ?, average_price = ?, status = ?, ts = ?,"
+            " reserved_cash = ? WHERE client_order_id = ?",
+            [(v.filled, v.average_price, v.status, _ts(v.ts), o.reserved_cash,
+              v.client_order_id) for o in orders for v in (o.view,)])
+        if cur.rowcount != len(orders):
+            self._write_orders(db, orders)
+
     def _write_submission(self, db: sqlite3.Connection, order: OrderRequest,
                           outcome: str) -> None:
         db.execute("INSERT INTO submissions (client_order_id, symbol, side, order_type,"
                    " quantity, limit_price, outcome, at) VALUES (?,?,?,?,?,?,?,?)",
                    (order.client_order_id, order.symbol, order.side.value,
                     order.order_type.value, order.quantity, order.limit_price, outcome,
-                    _ts(utcnow())))
+                    _now()))
 
     def submissions(self) -> list[Submission]:
         """Every order request received, oldest first (the venue's audit log)."""
@@ -342,6 +385,16 @@ class PaperVenue:
         if self.last_bar_ts is not None and ts <= self.last_bar_ts:
             self.stale_bars += len(bars)
             return
+        if self._defer_marks and not self._live and all(b.symbol in self._rules for b in bars):
+            # most bars of a replay: nothing rests, no market is new, so only the marks move
+            # (exactly what the general path below does with no order and no new market)
+            last = self._last
+            for bar in bars:
+                last[bar.symbol] = bar.close
+            self._dirty_closes.update(b.symbol for b in bars)
+            self.last_bar_ts = ts
+            self._dirty_bar_ts = True
+            return
         changed: dict[str, _Order] = {}
         resting = self._resting()
         reports: list[Report] = []
@@ -362,6 +415,7 @@ class PaperVenue:
                     reports.append(trade)
                 if order.view.status != "open":
                     reports.append(order.view)
+                    self._live.pop(order.view.client_order_id, None)
             self._last[bar.symbol] = bar.close
         self.last_bar_ts = ts
         if self._defer_marks and not changed and not new_markets:
@@ -371,7 +425,7 @@ class PaperVenue:
             return
         with self._tx() as db:
             if changed:
-                self._write_orders(db, changed.values())
+                self._update_orders(db, list(changed.values()))
                 self._write_account(db)
             db.executemany("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?)",
                            [(int(t.trade_id.rsplit("-", 1)[1]), t.trade_id, t.client_order_id,
@@ -409,7 +463,7 @@ class PaperVenue:
         else:
             qty = min(qty, self.positions.get(v.symbol, 0.0))
         if qty <= 0:
-            order.view = replace(v, status="canceled", ts=bar.ts)
+            order.view = _moved(v, v.filled, v.average_price, "canceled", bar.ts)
             return None
         fee = qty * price * fee_rate
         signed = qty if v.side is Side.BUY else -qty
@@ -423,8 +477,7 @@ class PaperVenue:
         filled = v.filled + qty
         avg = ((v.average_price or 0.0) * v.filled + price * qty) / filled
         done = math.isclose(filled, v.quantity, rel_tol=1e-12) or filled >= v.quantity
-        order.view = replace(v, filled=filled, average_price=avg,
-                             status="closed" if done else "canceled", ts=bar.ts)
+        order.view = _moved(v, filled, avg, "closed" if done else "canceled", bar.ts)
         return trade
 
     # -- trading --------------------------------------------------------------------------
@@ -457,8 +510,9 @@ class PaperVenue:
                           limit_price=order.limit_price)
         placed = _Order(view=view, reserved_cash=reserve)
         self._orders[order.client_order_id] = placed
+        self._live[order.client_order_id] = placed
         with self._tx() as db:
-            self._write_orders(db, [placed])
+            self._insert_order(db, placed)
             self._write_submission(db, order, "accepted")
             self._write_account(db)
         return view
@@ -502,8 +556,9 @@ class PaperVenue:
             self.cash += order.reserved_cash
             order.reserved_cash = 0.0
             order.view = replace(order.view, status="canceled", ts=self.last_bar_ts or utcnow())
+            self._live.pop(client_order_id, None)
             with self._tx() as db:
-                self._write_orders(db, [order])
+                self._update_orders(db, [order])
                 self._write_account(db)
             self._report([order.view])
         view = order.view
