@@ -156,6 +156,7 @@ class Daemon:
                                    else cfg.venue.paper.fee_bps) / 10_000.0, **extra)
         self.rebalancer.trading_state = lambda: self.gate.state.value
         self.rebalancer.participation_cap = self.gate.participation_cap
+        self.rebalancer.order_room = self.gate.order_room
         self.fills_booked = 0
         self.rebalancer.fills_in_flight = lambda: self.oms.fills_published - self.fills_booked
         self.timestamps = 0

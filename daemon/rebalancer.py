@@ -57,6 +57,7 @@ from risk.rebalance_policy import CostConfig, PolicyConfig
 from risk.resolve_schedule import ScheduleConfig, realised_vol, resolve_reason
 from risk.trade_plan import (
     TradePlan,
+    cap_order_count,
     cap_participation,
     drift,
     limit_price,
@@ -173,6 +174,9 @@ class Rebalancer:
         # most of a symbol one decision may trade (the gate's participation limit), wired by
         # the app; the drift beyond it is traded on later bars
         self.participation_cap: Callable[[str], float] = lambda symbol: math.inf
+        # how many more orders (of a symbol, or in total with None) the gate's order throttles
+        # pass now, wired by the app: a decision sends no more (risk_gate.order_room)
+        self.order_room: Callable[[str | None], int] = lambda symbol: 1 << 30
 
     # -- operator ---------------------------------------------------------------------------
     def request_rebalance(self, reason: str) -> str:
@@ -647,8 +651,14 @@ class Rebalancer:
                            min_trade_notional=self.cfg.min_trade_notional,
                            fee_rate=self.fee_rate, price_buffer=buffer,
                            max_child_notional=self.cfg.max_child_notional)
-        return cap_participation(plan, self.participation_cap, self.rules(),
+        plan = cap_participation(plan, self.participation_cap, self.rules(),
                                  self.cfg.min_trade_notional)
+        capped = cap_order_count(plan, self.order_room)
+        if capped is not plan:
+            log.info("orders_capped", reason="order throttles: the rest of the drift is "
+                     "traded at later bars", planned=len(plan.orders), sent=len(capped.orders),
+                     room=self.order_room(None))
+        return capped
 
     def _reducing_only(self, plan: TradePlan) -> TradePlan:
         """REDUCING: keep only orders that move a position toward zero, no further."""

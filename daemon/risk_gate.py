@@ -313,6 +313,14 @@ class RiskGate:
             return 0.0  # the gate would refuse it (VOLUME_UNKNOWN)
         return self.limits.max_volume_share * avg
 
+    def order_room(self, symbol: str | None = None) -> int:
+        """How many more orders (of `symbol`, or in total) the order throttles pass now. A
+        large rebalance is split into more children than they pass at once (a bar's orders
+        arrive together, also live); the refusals would count towards a rejection storm and
+        halt trading, so the rebalancer trims each decision to this and leaves the rest of the
+        drift to later bars."""
+        return self.ctx.throttle.order_room(symbol, self._now())
+
     # -- the trading state: API for the control socket --------------------------------------
     @property
     def state(self) -> TradingState:

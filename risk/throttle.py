@@ -96,6 +96,21 @@ class MessageThrottle:
                 "window_s": 60}
         return None
 
+    def order_room(self, symbol: str | None, now: float) -> int:
+        """How many more orders `check_order` would pass now: of `symbol` (its own limits and
+        the totals), or of any symbol when None (the totals)."""
+        lim = self.limits
+        room = min(lim.orders_per_second - self._orders.second.count(now),
+                   lim.orders_per_minute - self._orders.minute.count(now))
+        if symbol is not None:
+            pair = self._symbol_orders.get(symbol)
+            if pair is None:
+                room = min(room, lim.symbol_orders_per_second, lim.symbol_orders_per_minute)
+            else:
+                room = min(room, lim.symbol_orders_per_second - pair.second.count(now),
+                           lim.symbol_orders_per_minute - pair.minute.count(now))
+        return max(room, 0)
+
     def record_order(self, symbol: str, now: float) -> None:
         # once per approved order: the deques directly, not four `add` calls
         self._orders.second._times.append(now)

@@ -159,3 +159,27 @@ def cap_participation(plan: TradePlan, cap: Callable[[str], float],
         return plan
     return TradePlan(orders=kept, buys_deferred=plan.buys_deferred)
 
+
+
+def cap_order_count(plan: TradePlan, room: Callable[[str | None], int]) -> TradePlan:
+    """Keep the plan's orders, in plan order (sells first), while the order throttles have room
+    for them: `room(None)` orders in all, `room(symbol)` of each symbol. Buys cut are deferred
+    (the decision's completion plans them again at the next bar); the drift of sells cut is
+    traded by later decisions."""
+    total = room(None)
+    left: dict[str, int] = {}
+    kept: list[PlannedOrder] = []
+    buys_cut = False
+    for order in plan.orders:
+        n = left.get(order.symbol)
+        if n is None:
+            n = left[order.symbol] = room(order.symbol)
+        if total > 0 and n > 0:
+            kept.append(order)
+            total -= 1
+            left[order.symbol] = n - 1
+        elif order.side is Side.BUY:
+            buys_cut = True
+    if len(kept) == len(plan.orders):
+        return plan
+    return TradePlan(orders=kept, buys_deferred=plan.buys_deferred or buys_cut)

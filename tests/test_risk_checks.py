@@ -97,3 +97,31 @@ def test_groups_drop_symbols_the_gate_does_not_trade() -> None:
     limits = RiskLimits(groups={"g": ["A", "Z"], "empty": ["Y"]})
     (g,) = build_groups(limits, {"A": 0, "B": 1})
     assert g.name == "g" and g.members.tolist() == [0] and g.cap == 0.8
+
+
+def test_order_room_is_what_check_order_would_still_pass() -> None:
+    limits = ThrottleLimits(orders_per_second=5, orders_per_minute=8,
+                            symbol_orders_per_second=3, symbol_orders_per_minute=4)
+    history = [("A", 0.0), ("A", 0.1), ("A", 0.2), ("B", 1.5), ("B", 1.5)]
+
+    def throttle(upto: int) -> MessageThrottle:
+        th = MessageThrottle(limits)
+        for symbol, at in history[:upto]:
+            th.record_order(symbol, at)
+        return th
+
+    assert throttle(0).order_room(None, 0.0) == 5 and throttle(0).order_room("A", 0.0) == 3
+    th = throttle(3)
+    assert th.order_room("A", 0.5) == 0 and th.order_room("B", 0.5) == 2
+    assert th.order_room(None, 0.5) == 2
+    # a second on: the per-second windows are empty, the minute ones are not
+    assert th.order_room("A", 1.5) == 1 and th.order_room(None, 1.5) == 5
+    assert throttle(5).order_room(None, 1.6) == 3  # 8 a minute, 5 recorded
+    # check_order passes exactly `order_room` more orders, for each symbol
+    for symbol in ("A", "B", "C"):
+        probe = throttle(5)
+        room = probe.order_room(symbol, 1.6)
+        for _ in range(room):
+            assert probe.check_order(symbol, 1.6) is None
+            probe.record_order(symbol, 1.6)
+        assert probe.check_order(symbol, 1.6) is not None, symbol

@@ -89,3 +89,22 @@ def test_limit_price_is_marketable_and_on_the_tick(reference: float) -> None:
     assert rule.is_on_tick(buy) and rule.is_on_tick(sell)
     assert buy >= reference * 1.001 - 1e-12 and buy < reference * 1.001 + rule.price_tick
     assert sell <= reference * 0.999 + 1e-12 and sell > reference * 0.999 - rule.price_tick
+
+
+def test_a_decision_is_trimmed_to_the_order_throttles_room() -> None:
+    from risk.trade_plan import PlannedOrder, TradePlan, cap_order_count
+
+    sells = [PlannedOrder("BTC/USDT", Side.SELL, 0.1, 20_000.0) for _ in range(3)]
+    buys = [PlannedOrder("ETH/USDT", Side.BUY, 1.0, 1_500.0) for _ in range(4)]
+    full = TradePlan(orders=[*sells, *buys], buys_deferred=False)
+    roomy = cap_order_count(full, lambda symbol: 100)
+    assert roomy is full
+    # 5 in all, 2 of BTC: the plan's order (sells first) decides what goes now
+    rooms = {None: 5, "BTC/USDT": 2, "ETH/USDT": 10}
+    capped = cap_order_count(full, rooms.__getitem__)
+    assert capped.orders == [*sells[:2], *buys[:3]]
+    assert capped.buys_deferred  # the completion leg plans the cut buy again
+    only_sells_cut = cap_order_count(TradePlan(orders=sells, buys_deferred=False),
+                                     {None: 5, "BTC/USDT": 1}.__getitem__)
+    assert only_sells_cut.orders == sells[:1] and not only_sells_cut.buys_deferred
+    assert cap_order_count(full, lambda symbol: 0).orders == []
