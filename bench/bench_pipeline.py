@@ -67,8 +67,13 @@ class _TimedFeed:
 
 
 def _instrument(prepared: Any, clock: _Clock) -> None:
+    from daemon.solver import SolverPool
+
     daemon = prepared.daemon
     daemon.feed = _TimedFeed(daemon.feed, clock)
+    # solves in a worker thread, as a live daemon runs them off the loop (a replay solves
+    # inline): the latency of a timestamp that re-solved includes the hand-over
+    daemon.solver = daemon.rebalancer.solver = SolverPool("thread")
     venue = daemon.venue
     submit = venue.submit
 
