@@ -153,7 +153,9 @@ def violations(w: np.ndarray, lc: LinearConstraints, tol: float = 1e-8) -> list[
 
 
 def turnover(w: Mapping[str, float], previous: Mapping[str, float]) -> float:
-    keys = set(w) | set(previous)
+    # summed in the maps' own order: a set's order changes with the process's hash seed, and
+    # with it the sum's last bits (and `limit_turnover`'s weights): replays must repeat exactly
+    keys = dict.fromkeys([*w, *previous])
     return float(sum(abs(w.get(k, 0.0) - previous.get(k, 0.0)) for k in keys))
 
 
