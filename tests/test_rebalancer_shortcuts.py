@@ -9,7 +9,6 @@ and the shortcut not taken where `decide` has to trade, log or test the calendar
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon.config import Config, load_config
+from daemon.config import Config
 from daemon.events import BarsClosed
 from daemon.fingerprint import Fingerprint
 from daemon.logs import configure
@@ -28,16 +27,10 @@ from daemon.replay import ReplayRequest, build_metrics, dumps_metrics, execute, 
 from risk.allocation import AllocationConfig
 from risk.market_rules import MarketRules
 from risk.triggers import TriggerConfig
+from tests.replay_configs import replay_config
 
-ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BNB/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT"]
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def _relaxed(cfg: Config) -> Config:
-    state = dataclasses.replace(cfg.risk.state, max_daily_loss_fraction=1.0,
-                                max_drawdown_fraction=1.0)
-    return dataclasses.replace(cfg, risk=dataclasses.replace(cfg.risk, state=state))
 
 
 def _replay(cfg: Config, data: Path, out: Path, start: str, end: str,
@@ -87,9 +80,7 @@ def _replay(cfg: Config, data: Path, out: Path, start: str, end: str,
 ])
 def test_shortcuts_agree_with_the_full_decide_bar_by_bar(
         shared_data: Path, tmp_path: Path, start: str, end: str, limits: str) -> None:
-    cfg = load_config(ROOT / "config.toml")
-    if limits == "relaxed":
-        cfg = _relaxed(cfg)
+    cfg = replay_config(limits)
     data = shared_data / "binance-spot" / "1h"
     full = _replay(cfg, data, tmp_path / "full", start, end, shortcuts=False)
     fast = _replay(cfg, data, tmp_path / "fast", start, end, shortcuts=True)

@@ -10,27 +10,19 @@ skip counts and byte-equal metrics.json."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.config import Config, load_config
+from daemon.config import Config
 from daemon.fingerprint import Fingerprint
 from daemon.logs import configure
 from daemon.replay import ReplayRequest, build_metrics, dumps_metrics, execute, prepare
 from daemon.solver import SolverPool
+from tests.replay_configs import replay_config
 
-ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BNB/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT"]
-
-
-def relaxed(cfg: Config) -> Config:
-    """config.toml with the daily loss and drawdown limits out of reach: trades throughout."""
-    state = dataclasses.replace(cfg.risk.state, max_daily_loss_fraction=1.0,
-                                max_drawdown_fraction=1.0)
-    return dataclasses.replace(cfg, risk=dataclasses.replace(cfg.risk, state=state))
 
 
 def run(cfg: Config, data: Path, out: Path, start: str, end: str, *,
@@ -80,9 +72,7 @@ def run(cfg: Config, data: Path, out: Path, start: str, end: str, *,
 ])
 def test_fast_paths_make_the_same_calls_in_the_same_order(
         shared_data: Path, tmp_path: Path, start: str, end: str, limits: str) -> None:
-    cfg = load_config(ROOT / "config.toml")
-    if limits == "relaxed":
-        cfg = relaxed(cfg)
+    cfg = replay_config(limits)
     data = shared_data / "binance-spot" / "1h"
     old = run(cfg, data, tmp_path / "old", start, end, fast=False)
     new = run(cfg, data, tmp_path / "new", start, end, fast=True)
